@@ -1,0 +1,1 @@
+"""Copier task, after an update: placeholder until the update hook lands."""

@@ -1,0 +1,111 @@
+"""A matrix of renders: each is lint-clean and free of Jinja debris, and the choices in
+copier.yml and the values the templates compare against are the same."""
+
+from __future__ import annotations
+
+import re
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
+
+MATRIX = {
+    "fastapi-sqlite-py3.12-defaults": {},
+    "flask-sqlite-py3.11-mit": {"framework": "flask", "python_version": "3.11"},
+    "fastapi-postgresql-py3.13-apache": {
+        "database": "postgresql",
+        "python_version": "3.13",
+        "license": "Apache-2.0",
+        "system_packages": "libpq5",
+    },
+    "flask-postgresql-py3.12-bsd-workers4": {
+        "framework": "flask",
+        "database": "postgresql",
+        "license": "BSD-3-Clause",
+        "workers": "4",
+    },
+    "fastapi-nomigrations-py3.11-proprietary-port9000": {
+        "migrations": False,
+        "python_version": "3.11",
+        "license": "Proprietary",
+        "port": "9000",
+    },
+    "flask-nomigrations-py3.13-packages-workers64": {
+        "framework": "flask",
+        "migrations": False,
+        "python_version": "3.13",
+        "system_packages": "libxml2, libxslt1.1",
+        "build_packages": "build-essential,libxml2-dev, libxslt1-dev",
+        "workers": "64",
+        "port": "65535",
+    },
+}
+
+JINJA_DEBRIS = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
+
+
+@pytest.fixture(params=list(MATRIX), scope="module")
+def project(request, copie_session) -> Path:
+    return render(copie_session, **MATRIX[request.param])
+
+
+def test_every_choice_is_rendered_by_the_matrix():
+    for question in ("framework", "database", "python_version", "license"):
+        rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
+        assert rendered == set(choice_values(question)), question
+    assert {case.get("migrations", True) for case in MATRIX.values()} == {True, False}
+
+
+def test_every_value_the_templates_compare_against_exists():
+    comparisons = re.compile(r"(\w+) (?:==|!=) '([^']*)'")
+    for path in (ROOT / "template").rglob("*"):
+        text = path.name + (path.read_text() if path.is_file() else "")
+        for question, value in comparisons.findall(text):
+            if question in QUESTIONS and QUESTIONS[question].get("choices"):
+                assert value in choice_values(question), f"{path}: {question} == {value!r}"
+
+
+def test_no_jinja_debris(project):
+    for path in project.rglob("*"):
+        if path.is_file() and ".venv" not in path.parts and path.name != "uv.lock":
+            text = path.read_text(errors="replace")
+            if path.suffix != ".mako":
+                assert not JINJA_DEBRIS.search(text), f"{path.name} keeps Jinja"
+            assert "\n\n\n\n" not in text, f"{path.name} has a run of blank lines"
+            assert not re.search(r"[ \t]+$", text, re.MULTILINE), f"{path.name}: trailing spaces"
+
+
+def test_ruff_check_and_format(project):
+    run([str(TOOLS / "ruff"), "check", "--no-cache", "."], project)
+    run([str(TOOLS / "ruff"), "format", "--no-cache", "--check", "."], project)
+
+
+def test_hadolint(project):
+    run([str(TOOLS / "hadolint"), "--failure-threshold", "style", "Dockerfile"], project)
+
+
+def test_shellcheck_and_executable_entrypoint(project):
+    run([str(TOOLS / "shellcheck"), "entrypoint.sh"], project)
+    assert (project / "entrypoint.sh").stat().st_mode & stat.S_IXUSR
+
+
+def test_pyproject_and_lockfile(project):
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert "dev" in pyproject["dependency-groups"]
+    assert (project / "uv.lock").is_file()
+    answers = (project / ".copier-answers.yml").read_text()
+    for question in QUESTIONS:
+        if question != "database" or "migrations: true" in answers:
+            assert f"\n{question}:" in answers, f"{question} is not in the answers file"
+
+
+def test_conditional_files(project):
+    answers = (project / ".copier-answers.yml").read_text()
+    has_migrations = "migrations: true" in answers
+    package = next((project / "src").iterdir())
+    assert (package / "migrate.py").exists() == has_migrations
+    assert (package / "migrations" / "versions").is_dir() == has_migrations
+    assert (project / "alembic.ini").exists() == has_migrations
