@@ -1,1 +1,89 @@
-"""Copier task, after an update: placeholder until the update hook lands."""
+"""Copier migration task, after every update: refresh uv.lock and report conflicts.
+
+Copier runs it in the project's folder once the update is merged (the `_stage == 'after'`
+entry of `_migrations`). Copier exits 0 even when it left conflicts, so this hook lists every
+file with conflict markers or a .rej file and says what to do. It exits 0 itself: the update
+happened, and what is left is the user's to review.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+MARKERS = (b"<<<<<<< ", b">>>>>>> ")
+SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def project_files(root: Path):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if name not in SKIPPED_DIRS]
+        for name in files:
+            yield Path(folder, name)
+
+
+def has_markers(path: Path) -> bool:
+    try:
+        with path.open("rb") as stream:
+            return any(line.startswith(MARKERS) for line in stream)
+    except OSError:
+        return False
+
+
+def conflicts(root: Path) -> list[str]:
+    """Files with conflict markers, and the .rej files of rejected hunks."""
+    found = []
+    for path in project_files(root):
+        if path.suffix == ".rej" or has_markers(path):
+            found.append(str(path.relative_to(root)))
+    return sorted(found)
+
+
+def refresh_lock(uv: str | None, conflicted: list[str]) -> None:
+    if "pyproject.toml" in conflicted:
+        print("uv.lock: not refreshed, pyproject.toml has conflicts; run `uv lock` after fixing it.")
+        return
+    if uv is None:
+        print("uv.lock: uv is not installed; install uv and run `uv lock` if dependencies changed.")
+        return
+    env = {"UV_PYTHON_DOWNLOADS": "never", **os.environ}
+    check = subprocess.run([uv, "lock", "--check", "--quiet"], env=env, capture_output=True)
+    if check.returncode == 0:
+        print("uv.lock: up to date with pyproject.toml.")
+        return
+    result = subprocess.run([uv, "lock", "--quiet"], env=env)
+    if result.returncode == 0:
+        print("uv.lock: refreshed, the dependencies changed; review and commit it.")
+    else:
+        print("uv.lock: `uv lock` failed (see above); fix pyproject.toml and run it again.")
+
+
+def main() -> int:
+    root = Path.cwd()
+    conflicted = conflicts(root)
+    refresh_lock(shutil.which("uv"), conflicted)
+    if not conflicted:
+        print("No conflicts: review the changes with `git diff`, run the tests, and commit.")
+        return 0
+    print(
+        f"\nThe update left {len(conflicted)} conflicted file(s): your edits and the template's"
+        " touch the same lines.",
+        file=sys.stderr,
+    )
+    for name in conflicted:
+        print(f"  CONFLICT  {name}", file=sys.stderr)
+    print(
+        "\nIn each file, keep what you need between the markers (<<<<<<< before updating,"
+        " ======= , >>>>>>> after updating) and remove the markers; for a .rej file, apply its"
+        " hunks by hand and delete it. Then `uv lock` if pyproject.toml changed, `uv run"
+        " pytest`, and commit. To start over: `git reset --hard && git clean -fd`.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
