@@ -65,10 +65,18 @@ def tool_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
     """Run a command; fail the test with its output when it fails."""
     result = subprocess.run(
-        args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout
+        args,
+        cwd=cwd,
+        env=tool_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert result.returncode == 0, (
         f"{' '.join(map(str, args))} exited {result.returncode}\n"
