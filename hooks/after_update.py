@@ -44,17 +44,21 @@ def conflicts(root: Path) -> list[str]:
 
 def refresh_lock(uv: str | None, conflicted: list[str]) -> None:
     if "pyproject.toml" in conflicted:
-        print("uv.lock: not refreshed, pyproject.toml has conflicts; run `uv lock` after fixing it.")
+        print(
+            "uv.lock: not refreshed, pyproject.toml has conflicts; run `uv lock` after fixing it."
+        )
         return
     if uv is None:
         print("uv.lock: uv is not installed; install uv and run `uv lock` if dependencies changed.")
         return
     env = {"UV_PYTHON_DOWNLOADS": "never", **os.environ}
-    check = subprocess.run([uv, "lock", "--check", "--quiet"], env=env, capture_output=True)
+    check = subprocess.run(
+        [uv, "lock", "--check", "--quiet"], env=env, capture_output=True, check=False
+    )
     if check.returncode == 0:
         print("uv.lock: up to date with pyproject.toml.")
         return
-    result = subprocess.run([uv, "lock", "--quiet"], env=env)
+    result = subprocess.run([uv, "lock", "--quiet"], env=env, check=False)
     if result.returncode == 0:
         print("uv.lock: refreshed, the dependencies changed; review and commit it.")
     else:

@@ -36,7 +36,12 @@ def test_project_installs_tests_and_serves(copie, case, tmp_path):
         env = tool_env(PORT=str(service.port))
         env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
         healthcheck = subprocess.run(
-            dockerfile_healthcheck(project), cwd="/", env=env, capture_output=True, timeout=30
+            dockerfile_healthcheck(project),
+            cwd="/",
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         assert healthcheck.returncode == 0, healthcheck.stderr
 
@@ -55,7 +60,12 @@ def test_healthcheck_fails_when_nothing_listens(copie, tmp_path):
     env = tool_env(PORT="1")
     env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
     result = subprocess.run(
-        dockerfile_healthcheck(project), cwd="/", env=env, capture_output=True, text=True
+        dockerfile_healthcheck(project),
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "healthcheck: http://127.0.0.1:1/health" in result.stderr
