@@ -156,12 +156,17 @@ class Service:
             raise
 
 
+def project_env(project: Path, **extra: str) -> dict[str, str]:
+    """The environment of a command run as the image runs it: the project's venv first on PATH."""
+    env = tool_env(**extra)
+    env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+    return env
+
+
 def start_service(project: Path, log: Path, **env: str) -> Service:
     """Start ./entrypoint.sh with the project's virtual environment first on PATH."""
     port = int(env.pop("PORT", 0)) or free_port()
-    venv_bin = project / ".venv" / "bin"
-    full_env = tool_env(PORT=str(port), **env)
-    full_env["PATH"] = f"{venv_bin}{os.pathsep}{full_env['PATH']}"
+    full_env = project_env(project, PORT=str(port), **env)
     handle = log.open("w")
     process = subprocess.Popen(
         ["./entrypoint.sh"], cwd=project, env=full_env, stdout=handle, stderr=subprocess.STDOUT
@@ -179,6 +184,19 @@ def running(project: Path, log: Path, **env: str) -> Iterator[Service]:
     finally:
         if service.process.poll() is None:
             service.stop()
+
+
+def run_healthcheck(project: Path, port: int) -> subprocess.CompletedProcess:
+    """The Dockerfile's HEALTHCHECK command, run against 127.0.0.1:port."""
+    return subprocess.run(
+        dockerfile_healthcheck(project),
+        cwd="/",
+        env=project_env(project, PORT=str(port)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def dockerfile_healthcheck(project: Path) -> list[str]:

@@ -4,13 +4,11 @@ and the real service through entrypoint.sh: /health, the Dockerfile's HEALTHCHEC
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 
 import pytest
 
-from support import dockerfile_healthcheck, http_get, render, run, running, sync, tool_env, uv
+from support import http_get, render, run, run_healthcheck, running, sync, uv
 
 CASES = {
     "fastapi-sqlite-defaults": {},
@@ -33,16 +31,7 @@ def test_project_installs_tests_and_serves(copie, case, tmp_path):
         status, body = http_get(f"{service.url}/health")
         assert (status, json.loads(body)) == (200, {"status": "ok"})
 
-        env = tool_env(PORT=str(service.port))
-        env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
-        healthcheck = subprocess.run(
-            dockerfile_healthcheck(project),
-            cwd="/",
-            env=env,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        healthcheck = run_healthcheck(project, service.port)
         assert healthcheck.returncode == 0, healthcheck.stderr
 
         started = time.monotonic()
@@ -57,15 +46,6 @@ def test_project_installs_tests_and_serves(copie, case, tmp_path):
 def test_healthcheck_fails_when_nothing_listens(copie, tmp_path):
     project = render(copie, migrations=False)
     sync(project)
-    env = tool_env(PORT="1")
-    env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(
-        dockerfile_healthcheck(project),
-        cwd="/",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_healthcheck(project, port=1)
     assert result.returncode == 1
     assert "healthcheck: http://127.0.0.1:1/health" in result.stderr
