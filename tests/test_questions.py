@@ -38,6 +38,7 @@ BAD_ANSWERS = [
     ("framework", "django", "'django' is not in ['fastapi', 'flask']"),
     ("database", "mysql", "'mysql' is not in ['sqlite', 'postgresql']"),
     ("license", "GPL", "'GPL' is not in ['MIT', 'Apache-2.0', 'BSD-3-Clause', 'Proprietary']"),
+    ("kubernetes", True, "kubernetes needs database=postgresql"),
 ]
 
 

