@@ -7,23 +7,31 @@
 - deploy/kubernetes/: the Kubernetes schemas (offline, kubernetes-validate, strict).
 - One test reads the Dockerfile and entrypoint.sh and compares them with compose.yaml and the
   manifests: probes, ports, user, stop timeout, migration switch and command, workers.
+- One test builds the image and runs it as the manifests run it (Docker and PostgreSQL): the
+  Job's command migrates, then the Deployment's container, with its user, capabilities, CPU
+  and memory limits and environment, serves both probes with the workers it was sized for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
 import re
 import shutil
 import subprocess
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import postgres_support
 import pytest
 import yaml
 
-from support import ROOT, TOOLS, dockerfile_healthcheck, need, render, run
+from docker_support import PREFIX, build, container, docker, need_docker, remove_images
+from support import ROOT, TOOLS, dockerfile_healthcheck, free_port, http_get, need, render, run
 
 RENDERS = {
     "flask-postgresql-kubernetes-py3.13": {
@@ -221,7 +229,11 @@ def read_image(project: Path, tmp_path: Path) -> Image:
     settings = (package / "settings.py").read_text()
     app = (package / "app.py").read_text()
     graceful = re.search(r'"GUNICORN_GRACEFUL_TIMEOUT", (\d+)', settings).group(1)
-    switch = {value: entrypoint_migrates(project, tmp_path, value) for value in ("0", "1")}
+    # The migration command: what the entrypoint runs with RUN_MIGRATIONS=1 and not with 0.
+    calls = {value: entrypoint_calls(project, tmp_path, value) for value in ("0", "1")}
+    only_when_1 = [command for command in calls["1"] if command not in calls["0"]]
+    assert len(only_when_1) <= 1, calls
+    migration = only_when_1[0] if only_when_1 else None
     return Image(
         uid=uid,
         gid=gid,
@@ -230,16 +242,16 @@ def read_image(project: Path, tmp_path: Path) -> Image:
         liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
         routes=set(re.findall(r'\.(?:get|route)\("(/\w+)"', app)),
         graceful_timeout=int(graceful),
-        migration_command=switch["1"],
-        migrates_when={value: command is not None for value, command in switch.items()},
+        migration_command=migration,
+        migrates_when={value: migration in commands for value, commands in calls.items()},
         workdir=re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)[-1],
         writable_dirs=set(re.findall(r"chown app:app (\S+)", runtime)),
     )
 
 
-def entrypoint_migrates(project: Path, tmp_path: Path, value: str) -> list[str] | None:
-    """Run entrypoint.sh with RUN_MIGRATIONS=value, `python` and `gunicorn` recording their
-    arguments: the migration command it runs before gunicorn, or None."""
+def entrypoint_calls(project: Path, tmp_path: Path, value: str) -> list[list[str]]:
+    """The commands entrypoint.sh runs before gunicorn with RUN_MIGRATIONS=value, recorded by
+    a `python` and a `gunicorn` on PATH that write down their arguments."""
     bin_dir = tmp_path / f"recording-{value}"
     bin_dir.mkdir()
     calls = bin_dir / "calls"
@@ -258,9 +270,9 @@ def entrypoint_migrates(project: Path, tmp_path: Path, value: str) -> list[str] 
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    lines = calls.read_text().splitlines()
-    assert lines[-1].startswith("gunicorn --config"), lines
-    return lines[0].split() if len(lines) == 2 else None
+    *before, last = [line.split() for line in calls.read_text().splitlines()]
+    assert last[:2] == ["gunicorn", "--config"], last
+    return before
 
 
 def quantity(text: str) -> float:
@@ -396,3 +408,90 @@ def check_resources(container: dict, env: dict, workers_answer: str) -> None:
         workers = int(workers_answer)
         assert cpu >= max(0.5, (workers - 1) / 2)
     assert memory >= 128 * (workers + 1), f"{memory} MiB for {workers} workers"
+
+
+# ---------------------------------------------------------------- the image, run as deployed
+
+
+def docker_options(pod: dict, container_spec: dict) -> list[str]:
+    """`docker run` options for what the pod spec asks of the runtime: user, capabilities,
+    privilege escalation, CPU and memory limits (read-only root and /tmp: container())."""
+    security = pod["securityContext"]
+    limits = container_spec["resources"]["limits"]
+    assert container_spec["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container_spec["securityContext"]["allowPrivilegeEscalation"] is False
+    return [
+        f"--user={security['runAsUser']}:{security['runAsGroup']}",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        f"--cpus={quantity(limits['cpu']):g}",
+        f"--memory={quantity(limits['memory']):g}m",
+    ]
+
+
+def literal_env(container_spec: dict, **secrets: str) -> dict[str, str]:
+    """The container's environment: literal values, and the given values for secret refs."""
+    env = {}
+    for item in container_spec.get("env", []):
+        env[item["name"]] = item["value"] if "value" in item else secrets[item["name"]]
+    return env
+
+
+def wait_for(url: str, container_name: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if http_get(url, timeout=2)[0] == 200:
+                return
+        time.sleep(0.5)
+    logs = docker("logs", container_name, check=False)
+    pytest.fail(f"no 200 from {url} within {timeout} s:\n{logs.stdout}{logs.stderr}")
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_image_runs_as_the_kubernetes_manifests_run_it(copie_session):
+    need_docker()
+    unreachable = postgres_support.unreachable_reason()
+    need(not unreachable, unreachable)
+    project = render(copie_session, database="postgresql", kubernetes=True)
+    job = yaml.safe_load((project / "deploy/kubernetes/migrate/job.yaml").read_text())
+    deployment = yaml.safe_load((project / "deploy/kubernetes/deployment.yaml").read_text())
+    job_pod, pod = job["spec"]["template"]["spec"], deployment["spec"]["template"]["spec"]
+    (migrate,), (app,) = job_pod["containers"], pod["containers"]
+
+    tag = f"{PREFIX}-deploy"
+    built = build(project, tag)
+    assert built.returncode == 0, f"docker build failed:\n{built.stderr[-10000:]}"
+    name = f"deploy_{uuid.uuid4().hex[:12]}"
+    database = postgres_support.create_database(name)
+    try:
+        # The Job: its command in place of the entrypoint, once, to completion.
+        command = migrate["command"]
+        env = [
+            f"--env={key}={value}"
+            for key, value in literal_env(migrate, DATABASE_URL=database).items()
+        ]
+        docker(
+            "run", "--rm", "--network=host", "--read-only", "--tmpfs=/tmp",
+            *docker_options(job_pod, migrate), *env, f"--entrypoint={command[0]}", tag, *command[1:],
+            timeout=180,
+        )  # fmt: skip
+        assert postgres_support.query(database, "SELECT version_num FROM alembic_version")
+
+        # The Deployment's container, on a free port instead of its own (the host's network).
+        port = free_port()
+        env = literal_env(app, DATABASE_URL=database) | {"PORT": str(port)}
+        with container(tag, port, *docker_options(pod, app), **env) as running:
+            for probe in ("readinessProbe", "livenessProbe"):
+                wait_for(f"{running.url}{app[probe]['httpGet']['path']}", running.name)
+            logs = running.logs()
+            state = running.state()
+        assert state["Running"] and not state["OOMKilled"], state
+        assert "not migrating" in logs, "RUN_MIGRATIONS=0 must leave the migrations to the Job"
+        cpus = math.ceil(quantity(app["resources"]["limits"]["cpu"]))
+        assert f"workers: {2 * cpus + 1} (auto from GUNICORN_WORKERS" in logs, logs
+    finally:
+        postgres_support.drop_database(name)
+        remove_images(tag)
