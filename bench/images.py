@@ -130,9 +130,12 @@ def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -
     finally:
         # The images go, and so do this run's own cache mounts; cached layers stay, as after
         # any build.
-        subprocess.run(
-            ["docker", "rmi", "--force", tag, *built], env=env, capture_output=True, check=False
-        )
+        for image in dict.fromkeys(built):
+            removed = subprocess.run(
+                ["docker", "rmi", "--force", image], env=env, capture_output=True, check=False
+            )
+            if removed.returncode != 0:
+                print(f"bench: could not remove image {image}: {removed.stderr.strip()}")
         for record in _cache_mount_records(env) - mounts_before:
             _docker(env, "builder", "prune", "--force", "--filter", f"id={record}")
     return {

@@ -17,6 +17,7 @@ import datetime
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +36,8 @@ APPS = Path(__file__).resolve().with_name("apps")
 RESULTS = Path(__file__).resolve().with_name("results")
 # Cold starts use the recipe's own worker count, for every configuration.
 COLD_START_WORKERS = 2
+# Each copier round takes seconds, not milliseconds: three are enough for a median.
+COPIER_ROUNDS = 3
 # One-worker runs: the server on one core, wrk on the other, so they do not take turns.
 LOAD_CPU, SERVER_CPU = 1, 0
 
@@ -281,6 +284,11 @@ def run_framework(framework: str, args, workdir: Path, vcs_ref: str) -> dict:
     if "cold-start" not in args.skip:
         say(f"{framework}: cold starts, {COLD_START_WORKERS} workers each")
         result["cold_start"] = measure_cold_starts(prepared["cold"], args.rounds, logs)
+        medians = ", ".join(
+            f"{name} {statistics.median(times):.2f} s"
+            for name, times in result["cold_start"]["seconds"].items()
+        )
+        say(f"{framework}: cold start medians: {medians}")
     if "images" not in args.skip:
         env, engine = docker_env()
         if env is None:
@@ -328,7 +336,7 @@ def main() -> int:
     try:
         if "copier" not in args.skip:
             say("copier copy and update")
-            results["copier"] = measure_copier(workdir, vcs_ref, args.rounds)
+            results["copier"] = measure_copier(workdir, vcs_ref, min(args.rounds, COPIER_ROUNDS))
         for framework in args.frameworks:
             results["frameworks"][framework] = run_framework(framework, args, workdir, vcs_ref)
     finally:
