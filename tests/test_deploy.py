@@ -198,6 +198,26 @@ def test_the_validators_reject_broken_files(copie_session, actionlint, tmp_path)
         validate_manifests([deployment], broken)
 
 
+def test_readme_walks_from_compose_to_kubernetes_to_azure(project):
+    """The Deploy section: one step per chosen file, in the order a service grows."""
+    answers = answers_of(project)
+    readme = (project / "README.md").read_text()
+    deploy = readme[readme.index("\n## Deploy\n") :]
+    deploy = deploy[: deploy.find("\n## ", 1)]
+    steps = [
+        ("compose", "docker compose up --build"),
+        ("github_actions", "git tag v0.1.0 && git push origin v0.1.0"),
+        ("kubernetes", f"kubectl rollout status deployment/{answers['project_slug']}"),
+    ]
+    positions = []
+    for question, command in steps:
+        assert (command in deploy) == answers[question], command
+        if answers[question]:
+            positions.append(deploy.index(command))
+    positions.append(deploy.index("### Azure App Service"))
+    assert positions == sorted(positions)
+
+
 # ---------------------------------------------------------------- agreement with the image
 
 
