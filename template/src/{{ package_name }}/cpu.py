@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
 def usable_cpus(root: Path = Path("/")) -> tuple[int, str]:
     """The usable CPU count, rounded up, and a short reason for it."""
-    count, reason = len(os.sched_getaffinity(0)), "CPU affinity"
+    if hasattr(os, "sched_getaffinity"):
+        count, reason = len(os.sched_getaffinity(0)), "CPU affinity"
+    else:  # macOS, where a developer may run the entrypoint
+        count, reason = os.cpu_count() or 1, "os.cpu_count()"
     quota = cgroup_cpu_quota(root)
     if quota is not None and math.ceil(quota) < count:
         count, reason = math.ceil(quota), f"cgroup CPU quota {quota:g}"
@@ -23,43 +27,50 @@ def usable_cpus(root: Path = Path("/")) -> tuple[int, str]:
 def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
     """The CPU quota of this process's cgroup in CPUs, or None when there is none.
 
-    cgroup v2 keeps it in cpu.max ("max 100000" or "150000 100000") of the process's cgroup
-    and its parents; cgroup v1 in cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us.
+    cgroup v2 keeps it in cpu.max ("max 100000" or "150000 100000"), cgroup v1 in
+    cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. The smallest quota of the process's
+    cgroup and its parents is the one that holds.
     """
-    quotas = [quota for quota in _v2_quotas(root) if quota is not None]
-    v1 = _v1_quota(root)
-    if v1 is not None:
-        quotas.append(v1)
+    cgroup_fs = root / "sys/fs/cgroup"
+    own = _own_cgroups(root)
+    if (cgroup_fs / "cgroup.controllers").exists():
+        texts = [_read(d / "cpu.max") for d in _up_from(cgroup_fs, own.get("", "/"))]
+    else:
+        texts = []
+        for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            for directory in _up_from(cgroup_fs / name, own.get("cpu", "/")):
+                quota = _read(directory / "cpu.cfs_quota_us")
+                texts.append(f"{quota} {_read(directory / 'cpu.cfs_period_us')}")
+    quotas = [quota for quota in map(_ratio, texts) if quota is not None]
     return min(quotas, default=None)
 
 
-def _v2_quotas(root: Path):
-    cgroup_fs = root / "sys/fs/cgroup"
-    if not (cgroup_fs / "cgroup.controllers").exists():
-        return
-    directory = cgroup_fs / _own_v2_path(root).lstrip("/")
-    while True:
-        yield _ratio(_read(directory / "cpu.max"))
-        if directory == cgroup_fs or cgroup_fs not in directory.parents:
-            return
-        directory = directory.parent
+def _own_cgroups(root: Path) -> dict[str, str]:
+    """The process's cgroup path per controller from /proc/self/cgroup ("" for cgroup v2).
 
-
-def _own_v2_path(root: Path) -> str:
+    Lines read "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1).
+    """
+    paths = {}
     for line in (_read(root / "proc/self/cgroup") or "").splitlines():
-        hierarchy, _, path = line.partition("::")
-        if hierarchy == "0":
-            return path
-    return "/"
+        fields = line.split(":", 2)
+        if len(fields) == 3:
+            for controller in fields[1].split(",") if fields[1] else [""]:
+                paths[controller] = fields[2]
+    return paths
 
 
-def _v1_quota(root: Path) -> float | None:
-    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        directory = root / "sys/fs/cgroup" / name
-        quota = _read(directory / "cpu.cfs_quota_us")
-        if quota is not None:
-            return _ratio(f"{quota} {_read(directory / 'cpu.cfs_period_us')}")
-    return None
+def _up_from(mount: Path, path: str) -> Iterator[Path]:
+    """The cgroup directory of `path` under `mount` and its parents, up to the mount.
+
+    Inside a container the mount is often the container's own cgroup while /proc/self/cgroup
+    names the host's path: the directories that do not exist are read as having no quota.
+    """
+    # A path outside the cgroup namespace ("/../..") says nothing about the mount: start there.
+    directory = mount if ".." in path.split("/") else mount / path.strip("/")
+    while directory != mount and mount in directory.parents:
+        yield directory
+        directory = directory.parent
+    yield mount
 
 
 def _ratio(text: str | None) -> float | None:
