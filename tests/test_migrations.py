@@ -303,7 +303,7 @@ def test_three_replicas_at_once_migrate_once(project, name, kind, empty_database
             wait_until_each_met_the_migration(replicas, timeout=60)
             gate.touch()
             for replica in replicas:
-                replica.wait_healthy(timeout=90)
+                replica.wait_healthy(timeout=120)
                 assert http_get(f"{replica.url}/ready")[0] == 200, replica.output()
         finally:
             gate.touch()
@@ -408,5 +408,7 @@ def test_bad_run_migrations_stops_with_one_line(project, empty_database, tmp_pat
     status, _, listened = watch_until_exit(service, timeout=30)
 
     assert status == 2
-    assert service.output().splitlines() == ["entrypoint: RUN_MIGRATIONS must be 1 or 0 (or true or false), got 'yes'"]
+    assert service.output().splitlines() == [
+        "entrypoint: RUN_MIGRATIONS must be 1 or 0 (or true or false), got 'yes'"
+    ]
     assert not listened
