@@ -15,6 +15,8 @@ start of three replicas at once:
 from __future__ import annotations
 
 import contextlib
+import re
+import shlex
 import socket
 import sqlite3
 import time
@@ -26,6 +28,7 @@ import postgres_support
 import pytest
 
 from support import (
+    TOOLS,
     Service,
     free_port,
     http_get,
@@ -412,3 +415,35 @@ def test_bad_run_migrations_stops_with_one_line(project, empty_database, tmp_pat
         "entrypoint: RUN_MIGRATIONS must be 1 or 0 (or true or false), got 'yes'"
     ]
     assert not listened
+
+
+def test_readme_migration_workflow(project, tmp_path):
+    """The README's steps to make a migration and apply it work as written, and the new
+    migration file is lint-clean."""
+    path = project("flask-sqlite")
+    readme = (path / "README.md").read_text()
+    steps = re.search(
+        r"Make a migration after changing a model.*?```sh\n(.*?)```", readme, re.DOTALL
+    )
+    assert steps, "the README lost its migration steps"
+    commands = [shlex.split(line, comments=True) for line in steps.group(1).splitlines()]
+    assert [command[:3] for command in commands] == [
+        ["uv", "run", "python"],
+        ["uv", "run", "alembic"],
+        ["uv", "run", "python"],
+        ["uv", "run", "pytest"],
+    ]
+    url = f"sqlite:///{tmp_path / 'development.sqlite3'}"
+    versions = next(path.glob("src/*/migrations/versions"))
+    before = set(versions.glob("*.py"))
+    try:
+        for command in commands:
+            run([uv(), *command[1:]], path, DATABASE_URL=url, TEST_DATABASE_URL="")
+        (made,) = set(versions.glob("*.py")) - before
+        run([str(TOOLS / "ruff"), "check", "--no-cache", str(made)], path)
+        run([str(TOOLS / "ruff"), "format", "--no-cache", "--check", str(made)], path)
+    finally:
+        for new in set(versions.glob("*.py")) - before:
+            new.unlink()
+    revision = made.name.split("_", 1)[0]
+    assert rows(url, "SELECT version_num FROM alembic_version") == [(revision,)]
