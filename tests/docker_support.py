@@ -55,11 +55,11 @@ def engine_problem() -> str | None:
     if shutil.which("docker") is None:
         return "the docker client is not installed"
     try:
-        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
+        version = docker("version", "--format", "{{.Server.Version}}", timeout=30, check=False)
     except subprocess.TimeoutExpired:
-        return "the Docker engine does not answer (docker info timed out)"
-    if info.returncode != 0:
-        return f"no Docker engine answers: {(info.stderr.strip() or info.stdout.strip())[:300]}"
+        return "the Docker engine does not answer (docker version timed out)"
+    if version.returncode != 0:
+        return f"no Docker engine answers: {version.stderr.strip()[:300]}"
     # An engine that answers may still be unable to build (no BuildKit, no permission).
     probe = f"{PREFIX}-probe"
     try:
@@ -187,7 +187,7 @@ class Container:
                 with contextlib.suppress(OSError):
                     served = http_get(f"{self.url}/health", timeout=0.5)[0] == 200
             state = self.state()
-            if not state["Running"] and state["Status"] != "created":
+            if not state["Running"]:
                 return state["ExitCode"], served
             time.sleep(0.1)
         pytest.fail(f"still running after {timeout} s:\n{self.logs()}")
