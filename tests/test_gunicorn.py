@@ -7,6 +7,7 @@ Every server listens on 127.0.0.1's free ports; every load is bounded in request
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -179,7 +180,8 @@ class Load:
             try:
                 status, _ = http_get(self.url, timeout=10)
                 error = None if status == 200 else f"status {status}"
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
+                # A response cut off by the killed worker is an HTTPException (IncompleteRead).
                 error = repr(exc)
             with self.lock:
                 if error:
@@ -322,7 +324,7 @@ GRACEFUL_TIMEOUT = 10  # set for these tests: long enough for the slow requests,
 def get_slow(url: str, results: list) -> None:
     try:
         results.append(http_get(url, timeout=GRACEFUL_TIMEOUT + 10))
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
         results.append(exc)
 
 
