@@ -73,7 +73,7 @@ def slow() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def projects(copie_session) -> Iterator[dict[str, Path]]:
+def projects(copie_session) -> Callable[[str], Path]:
     """One synced render per framework, made on first use."""
     made: dict[str, Path] = {}
 
@@ -103,15 +103,15 @@ def start(project: Path, tmp_path: Path, *args: str, **env: str) -> Service:
 
 @contextlib.contextmanager
 def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> Iterator[Service]:
-    """A healthy service for the block; SIGKILLed afterwards if the test left it running."""
+    """A healthy service for the block, stopped afterwards if the test left it running (SIGTERM,
+    so that the master takes its workers along; SIGKILL after 30 s)."""
     service = start(project, tmp_path, *args, **env)
     try:
         service.wait_healthy()
         yield service
     finally:
         if service.process.poll() is None:
-            service.process.kill()
-            service.process.wait()
+            service.stop(timeout=30)
 
 
 def children(pid: int) -> set[int]:
