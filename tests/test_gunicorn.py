@@ -405,6 +405,24 @@ def test_killed_worker_is_replaced_under_load(projects, tmp_path, framework):
 
 
 @FRAMEWORKS
+def test_workers_leave_when_the_master_is_killed(projects, tmp_path, framework):
+    # Outside a container nothing else ends them: orphans would serve on and hold the port.
+    with serving(
+        projects(framework), tmp_path, GUNICORN_WORKERS="2", GUNICORN_TIMEOUT="2"
+    ) as service:
+        workers = workers_settle(service, 2)
+        service.process.kill()
+        service.process.wait()
+        wait_for(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+            15,
+            f"workers {sorted(workers)} gone after their master was killed",
+        )
+    assert connection_refused(service.port)
+    assert "Traceback" not in service.output(), service.output()
+
+
+@FRAMEWORKS
 def test_max_requests_recycles_workers_without_failures(projects, tmp_path, framework):
     with serving(
         projects(framework),
