@@ -447,3 +447,31 @@ def test_readme_migration_workflow(project, tmp_path):
             new.unlink()
     revision = made.name.split("_", 1)[0]
     assert rows(url, "SELECT version_num FROM alembic_version") == [(revision,)]
+
+
+def test_stop_signal_during_the_migrations_ends_them(project, tmp_path):
+    """SIGTERM to the entrypoint while the migration step waits for the database: the step
+    is stopped with it (as PID 1 of a container the shell would ignore the signal), and
+    gunicorn never starts."""
+    path = project("flask-postgresql")
+    service = start_service(
+        path,
+        tmp_path / "service.log",
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/unreachable",
+        DATABASE_WAIT_SECONDS="120",
+    )
+    deadline = time.monotonic() + 60
+    while "not reachable yet" not in service.output():
+        assert time.monotonic() < deadline, service.output()
+        time.sleep(0.2)
+    children = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+    migration = [int(pid) for pid in children.read_text().split()]
+    assert migration, "the migration step is not a child of the entrypoint"
+
+    stopped = time.monotonic()
+    status = service.stop(timeout=20)
+
+    assert status != 0
+    assert time.monotonic() - stopped < 10
+    assert not any(Path(f"/proc/{pid}").exists() for pid in migration), "the migration runs on"
+    assert "Starting gunicorn" not in service.output()

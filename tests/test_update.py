@@ -238,24 +238,30 @@ def test_new_question_keeps_the_output_unless_answered(template_repo, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("first", "change", "present", "absent"),
+    ("first", "change", "dependency_before", "dependency_after"),
     [
-        ("framework=fastapi", "framework=flask", "flask", "worker.py"),
-        ("migrations=false", "migrations=true", "alembic", None),
+        ("framework=fastapi", "framework=flask", '"fastapi', '"flask'),
+        ("migrations=false", "migrations=true", None, '"alembic'),
     ],
     ids=["fastapi-to-flask", "migrations-on"],
 )
 def test_changing_an_answer_turns_the_project_into_the_other_variant(
-    template_repo, tmp_path, first, change, present, absent
+    template_repo, tmp_path, first, change, dependency_before, dependency_after
 ):
     project = make_project(template_repo, "1.0.0", tmp_path / "service", first)
+    pyproject = project / "pyproject.toml"
+    if dependency_before:
+        assert dependency_before in pyproject.read_text()
+    assert dependency_after not in pyproject.read_text()
+
     update(project, "2.0.0", change)
-    package = project / "src" / "my_service"
-    assert present in (project / "pyproject.toml").read_text()
-    if absent:
-        assert not (package / absent).exists()
+
+    assert dependency_after in pyproject.read_text()
+    if dependency_before:
+        assert dependency_before not in pyproject.read_text()
+        assert "fastapi" not in (project / "src" / "my_service" / "app.py").read_text()
     else:
-        assert (package / "migrate.py").is_file()
+        assert (project / "src" / "my_service" / "migrate.py").is_file()
     assert conflict_markers(project) == []
     assert_project_works(project)
 
