@@ -184,7 +184,14 @@ def rows(results: dict) -> list[Row]:
 
 
 def markdown_table(table: list[Row]) -> str:
-    header = ["Measure (medians)", "Generated", "Baseline", "Generated / baseline", "Target", ""]
+    header = [
+        "Measure (medians)",
+        "Generated",
+        "Baseline",
+        "Generated / baseline",
+        "Target",
+        "Result",
+    ]
     lines = [
         "| " + " | ".join(header) + " |",
         "| --- | ---: | ---: | ---: | --- | --- |",

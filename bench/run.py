@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--note", default="", help="a sentence for the report (e.g. the load)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="default: bench/results")
     args = parser.parse_args()
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir}: give a new or empty folder")
     args.frameworks = [name for name in args.frameworks.split(",") if name]
     args.skip = {name for name in args.skip.split(",") if name}
     unknown = (set(args.frameworks) - set(FRAMEWORKS)) | (args.skip - set(SECTIONS))
