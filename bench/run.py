@@ -1,6 +1,6 @@
 """The generated service measured against the guide's recipe and the raw server, in one run.
 
-    uv run --group bench python bench/run.py                          # full run (~13 minutes)
+    uv run --group bench python bench/run.py                          # full run (11-13 min)
     uv run --group bench python bench/run.py --rounds 2 --duration 2  # a quick check
 
 For each framework it renders the default project from this checkout, installs it, and builds
