@@ -29,9 +29,9 @@ from support import (
     Service,
     free_port,
     http_get,
+    project_env,
     render,
     sync,
-    tool_env,
 )
 
 RENDERS = {
@@ -91,8 +91,7 @@ def projects(copie_session) -> Callable[[str], Path]:
 def start(project: Path, tmp_path: Path, *args: str, **env: str) -> Service:
     """./entrypoint.sh ARGS with the render's venv first on PATH; stdout and stderr apart."""
     port = free_port()
-    full_env = tool_env(PORT=str(port), **env)
-    full_env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{full_env['PATH']}"
+    full_env = project_env(project, PORT=str(port), **env)
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr, (tmp_path / "stdout.log").open("w") as stdout:
         process = subprocess.Popen(
@@ -266,8 +265,7 @@ def test_worker_count(projects, tmp_path, case):
 )
 def test_bad_value_stops_the_start_with_one_line(projects, framework, name, value):
     project = projects(framework)
-    env = tool_env(**{name: value})
-    env["PATH"] = f"{project / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+    env = project_env(project, **{name: value})
     result = subprocess.run(
         ["./entrypoint.sh"],
         cwd=project,
