@@ -1,0 +1,486 @@
+"""The edge of both frameworks under real gunicorn, started through entrypoint.sh: requests
+past the limits, slow and idle clients, errors as problem documents, input that must not give
+a 500, HEAD on the health routes, and reloads and stops that lose no request.
+
+Every client is on loopback, bounded in connections, bytes and time, and stops by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from support import Service, free_port, project_env, render, sync
+
+pytestmark = pytest.mark.slow
+
+RENDERS = {
+    "fastapi": {},
+    "flask": {"framework": "flask"},
+}
+FRAMEWORKS = pytest.mark.parametrize("framework", list(RENDERS))
+HEADER_TIMEOUT = 3  # HTTP_HEADER_TIMEOUT in these tests (default 10): a shorter wait
+MIB = 1024 * 1024
+PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
+
+# A test-only module beside the app: a route that fails, to see how a 500 is answered.
+FAILING_APP = """
+from my_service.app import app
+
+if hasattr(app, "add_api_route"):
+
+    async def fail() -> None:
+        raise RuntimeError("this route fails on purpose")
+
+    app.add_api_route("/fail", fail)
+else:
+
+    @app.get("/fail")
+    def fail() -> None:
+        raise RuntimeError("this route fails on purpose")
+"""
+
+
+@pytest.fixture(scope="module")
+def projects(copie_session) -> Callable[[str], Path]:
+    made: dict[str, Path] = {}
+
+    def get(framework: str) -> Path:
+        if framework not in made:
+            project = render(copie_session, **RENDERS[framework])
+            sync(project)
+            (project / "failing_app.py").write_text(FAILING_APP.lstrip())
+            made[framework] = project
+        return made[framework]
+
+    return get
+
+
+@contextlib.contextmanager
+def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> Iterator[Service]:
+    """The service through ./entrypoint.sh with two workers, stopped (SIGTERM) afterwards."""
+    port = free_port()
+    settings = {
+        "GUNICORN_WORKERS": "2",
+        "HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'edge.sqlite3'}",
+        **env,
+    }
+    log = tmp_path / "service.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            ["./entrypoint.sh", *args],
+            cwd=project,
+            env=project_env(project, PORT=str(port), **settings),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(project=project, port=port, process=process, log=log, env=settings)
+    try:
+        service.wait_healthy()
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.stop(timeout=40)
+
+
+def connect(service: Service, timeout: float = 10) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of the response on `sock`."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    body = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def stream(sock: socket.socket, head: bytes, chunks: Iterator[bytes], limit: int) -> int:
+    """Send `head`, then `chunks` until the server answers or `limit` bytes went out; the
+    bytes sent. The answer is then waiting to be read."""
+    sock.sendall(head)
+    sent = len(head)
+    for chunk in chunks:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable or sent >= limit:
+            break
+        try:
+            sock.sendall(chunk)
+        except OSError:  # the server stopped reading: its answer is waiting
+            break
+        sent += len(chunk)
+    return sent
+
+
+def problem_of(status: int, headers: dict[str, str], body: bytes) -> dict:
+    assert headers["content-type"] == "application/problem+json", headers
+    assert "server" not in headers, headers
+    problem = json.loads(body)
+    assert set(problem) == PROBLEM_KEYS, problem
+    assert problem["status"] == status and problem["type"] == "about:blank"
+    assert problem["request_id"] == headers["x-request-id"]
+    return problem
+
+
+def worker_rss(service: Service) -> int:
+    """Resident memory of the workers, in bytes."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == service.process.pid:
+                status = (stat.parent / "status").read_text()
+                total += int(status.split("VmRSS:")[1].split()[0]) * 1024
+    return total
+
+
+def closed_by_the_server(sock: socket.socket, timeout: float = 10) -> bool:
+    """Whether the server closes the connection within `timeout` (what it still sends, the
+    end of a refused body's answer, is read and dropped)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+    return True
+
+
+def repeated(chunk: bytes) -> Iterator[bytes]:
+    while True:
+        yield chunk
+
+
+# ---------------------------------------------------------------- 1. request limits
+
+ATTACKS = {
+    # name: (head, what follows it, bytes at most, expected status)
+    "16 MB header field": (
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: ",
+        repeated(b"a" * 65536),
+        16 * MIB,
+        431,
+    ),
+    "20,000 header fields": (
+        b"GET /health HTTP/1.1\r\nHost: t\r\n",
+        (b"X-H%d: v\r\n" % i for i in range(20_000)),
+        MIB,
+        431,
+    ),
+    "200 small header fields": (
+        b"GET /health HTTP/1.1\r\nHost: t\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        + b"\r\n",
+        iter(()),
+        0,
+        431,
+    ),
+    "9 KB header field": (
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        iter(()),
+        0,
+        431,
+    ),
+    "16 MB request target": (b"GET /health?q=", repeated(b"a" * 65536), 16 * MIB, 414),
+    "200 MB declared body": (
+        (
+            b"POST /notes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 209715200\r\n\r\n"
+        ),
+        repeated(b"a" * 65536),
+        200 * MIB,
+        413,
+    ),
+    "200 MB chunked body": (
+        (
+            b"POST /notes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        ),
+        repeated(b"10000\r\n" + b"a" * 65536 + b"\r\n"),
+        200 * MIB,
+        413,
+    ),
+}
+
+
+@FRAMEWORKS
+def test_requests_past_the_limits_are_refused_as_they_arrive(projects, tmp_path, framework):
+    with serving(projects(framework), tmp_path) as service:
+        before = worker_rss(service)
+        for name, (head, rest, limit, status) in ATTACKS.items():
+            with connect(service) as sock:
+                sent = stream(sock, head, rest, limit)
+                answer = read_response(sock)
+                assert answer[0] == status, (name, answer)
+                problem_of(*answer)
+                # Refused as the bytes arrived: long before all of them were sent.
+                assert sent < max(limit, 1) / 4 or limit == 0, (name, sent)
+                assert closed_by_the_server(sock), name
+            # The worker serves on.
+            with connect(service) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert read_response(sock)[0] == 200, name
+        grown = worker_rss(service) - before
+    assert grown < 40 * MIB, f"the workers grew by {grown / MIB:.0f} MiB"
+    log = service.output()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+# ---------------------------------------------------------------- 2. slow and idle clients
+
+
+class Trickle:
+    """Connections that send a request head one byte a second, for at most `seconds`."""
+
+    def __init__(self, service: Service, count: int, seconds: float) -> None:
+        self.socks = [connect(service, timeout=2) for _ in range(count)]
+        self.stop = threading.Event()
+        self.seconds = seconds
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        head = b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"X-Slow: " + b"s" * 1000
+        deadline = time.monotonic() + self.seconds
+        for byte in head:
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.send(bytes([byte]))
+            self.stop.wait(1)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for sock in self.socks:
+            sock.close()
+
+    def closed_by_the_server(self) -> int:
+        closed = 0
+        for sock in self.socks:
+            sock.settimeout(0.05)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            closed += not data or data.startswith(b"HTTP/1.1 408 ")
+        return closed
+
+
+@FRAMEWORKS
+def test_slow_clients_do_not_keep_a_normal_client_from_its_answer(projects, tmp_path, framework):
+    slow_clients = 300
+    with (
+        serving(projects(framework), tmp_path) as service,
+        Trickle(service, slow_clients, seconds=HEADER_TIMEOUT + 6) as slow,
+    ):
+        took = []
+        for _ in range(6):
+            started = time.monotonic()
+            with connect(service, timeout=5) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert read_response(sock)[0] == 200
+            took.append(time.monotonic() - started)
+            time.sleep(0.5)
+        # Past the header deadline, the slow connections are closed (408 when they sent some).
+        deadline = time.monotonic() + HEADER_TIMEOUT + 4
+        while slow.closed_by_the_server() < slow_clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+        closed = slow.closed_by_the_server()
+    assert max(took) < 2, took
+    assert closed == slow_clients, f"{closed} of {slow_clients} slow connections closed"
+    log = service.output()
+    assert "connection(s) that sent no complete request within 3 s" in log, log
+    # Counted, not logged one by one.
+    assert log.count("that sent no complete request") <= 4 * 2, log
+
+
+# ---------------------------------------------------------------- 3. errors are JSON
+
+
+def ask(service: Service, method: str, target: str, body: bytes = b"", **headers: str):
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    try:
+        connection.request(method, target, body=body or None, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    finally:
+        connection.close()
+
+
+@FRAMEWORKS
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_every_error_is_a_problem_document(projects, tmp_path, framework, log_format):
+    cases = [
+        (404, "GET", "/nowhere", b"", {}),
+        (405, "DELETE", "/health", b"", {}),
+        (413, "POST", "/notes", b"x" * (MIB + 1), {"Content-Type": "application/json"}),
+        (422, "POST", "/notes", b'{"text": ""}', {"Content-Type": "application/json"}),
+        (431, "GET", "/health", b"", {f"X-H{i}": "v" for i in range(150)}),
+        (500, "GET", "/fail", b"", {"X-Request-ID": "fail-1"}),
+    ]
+    with serving(
+        projects(framework), tmp_path, "failing_app:app", LOG_FORMAT=log_format
+    ) as service:
+        for status, method, target, body, headers in cases:
+            answer = ask(service, method, target, body, **headers)
+            assert answer[0] == status, (status, answer)
+            problem = problem_of(*answer)
+            assert len(answer[2]) < 400, answer  # no input echoed back beyond an excerpt
+            if status == 405:
+                assert "GET" in answer[1]["allow"]
+        assert problem["request_id"] == "fail-1"
+        assert service.stop() == 0
+    lines = [line for line in service.output().splitlines() if "this route fails" in line]
+    assert len(lines) == 1, service.output()  # logged once, as one line
+    if log_format == "json":
+        entry = json.loads(lines[0])
+        assert entry["request_id"] == "fail-1" and entry["level"] == "error"
+        assert "RuntimeError: this route fails on purpose" in entry["exception"]
+    else:
+        assert "request_id=fail-1" in lines[0] and "Traceback" in lines[0]
+
+
+# ---------------------------------------------------------------- 4. input that must not give a 500
+
+BAD_BODIES = {
+    "a JSON list": b"[]",
+    "JSON nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "a lone surrogate": b'{"text": "\\ud800"}',
+    "a NUL character": b'{"text": "a\\u0000b"}',
+    "invalid UTF-8": b'{"text": "\xff\xfe"}',
+    "not JSON": b"text=hello",
+    "a number for the text": b'{"text": 5}',
+}
+
+
+@FRAMEWORKS
+def test_client_input_never_gives_a_500(projects, tmp_path, framework):
+    with serving(projects(framework), tmp_path) as service:
+        for name, body in BAD_BODIES.items():
+            answer = ask(service, "POST", "/notes", body, **{"Content-Type": "application/json"})
+            assert 400 <= answer[0] < 500, (name, answer)
+            problem_of(*answer)
+        assert ask(service, "GET", "/notes/%ff%00?%ff=%00")[0] == 404
+    log = service.output()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+# ---------------------------------------------------------------- 5. health answers HEAD
+
+
+@FRAMEWORKS
+def test_health_routes_answer_get_and_head(projects, tmp_path, framework):
+    with serving(projects(framework), tmp_path) as service:
+        for path in ("/health", "/ready"):
+            assert ask(service, "GET", path)[0] == 200
+            status, headers, body = ask(service, "HEAD", path)
+            assert (status, body) == (200, b""), path
+            assert "server" not in headers
+
+
+# ---------------------------------------------------------------- 6. reload and stop lose nothing
+
+
+class KeepAliveClients:
+    """Clients that send requests one after another on kept-alive connections, reconnecting
+    after a `Connection: close`, until a connection is refused or they are stopped."""
+
+    def __init__(self, port: int, count: int = 20, max_requests: int = 100_000) -> None:
+        self.port = port
+        self.ok = 0
+        self.refused = 0
+        self.failures: list[str] = []
+        self.left = max_requests
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(count)]
+
+    def _client(self) -> None:
+        connection = None
+        while not self.stopping.is_set():
+            with self.lock:
+                if self.left == 0:
+                    return
+                self.left -= 1
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                try:
+                    connection.connect()
+                except ConnectionRefusedError:
+                    with self.lock:
+                        self.refused += 1
+                    return
+            try:
+                connection.request("GET", "/health")
+                response = connection.getresponse()
+                response.read()
+                with self.lock:
+                    self.ok += response.status == 200
+                if response.getheader("connection", "").lower() == "close":
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException) as error:
+                with self.lock:
+                    self.failures.append(repr(error))
+                connection.close()
+                connection = None
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+@FRAMEWORKS
+def test_reload_and_stop_lose_no_request(projects, tmp_path, framework):
+    with (
+        serving(projects(framework), tmp_path) as service,
+        KeepAliveClients(service.port) as clients,
+    ):
+        time.sleep(1)
+        os.kill(service.process.pid, signal.SIGHUP)  # new workers, the old ones stop
+        time.sleep(3)
+        served = clients.ok
+        time.sleep(1)
+        assert clients.ok > served, "nothing served after the reload"
+        os.kill(service.process.pid, signal.SIGTERM)
+        status = service.process.wait(timeout=40)
+        deadline = time.monotonic() + 10
+        while clients.refused < len(clients.threads) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert clients.failures == [], clients.failures[:10]
+    assert clients.refused == len(clients.threads)
+    assert status == 0
+    log = service.output()
+    assert "Error while closing socket" not in log, log
+    assert " ERROR " not in log and "Traceback" not in log, log
