@@ -170,10 +170,25 @@ def test_azure_files_agree_with_the_image(project, tmp_path):
     main = bicep(project / "infra" / "main.bicep")
     assert "azd-env-name" in json.dumps(main["variables"]["tags"])
     if answers["azure"] == "container-apps":
-        check_container_apps(bicep(modules / "containerapp.bicep"), image, answers)
+        parsed = bicep(modules / "containerapp.bicep")
+        check_container_apps(parsed, image, answers)
         check_migration_hook(project, answers)
+        containers = [resource(parsed, "app")["properties"]["template"]["containers"][0]]
+        if answers["migrations"]:
+            containers.append(
+                resource(parsed, "migrate")["properties"]["template"]["containers"][0]
+            )
+        names = {item["name"] for spec in containers for item in spec["env"]}
     else:
-        check_app_service(bicep(modules / "appservice.bicep"), image, answers)
+        parsed = bicep(modules / "appservice.bicep")
+        check_app_service(parsed, image, answers)
+        names = set(app_settings(resource(parsed, "app")))
+    # Every variable given to the service is one it reads (the platform's own aside).
+    platform = {name for name in names if name.startswith(("WEBSITES_", "SCM_"))}
+    read = (next((project / "src").iterdir()) / "settings.py").read_text()
+    read += (project / "entrypoint.sh").read_text()
+    for name in names - platform:
+        assert f'"{name}"' in read or f"${{{name}" in read, f"{name} is read by nothing"
     if answers["migrations"]:
         vault = bicep(modules / "keyvault.bicep")
         secret = resource(vault, "databaseUrl")
