@@ -207,15 +207,17 @@ def check_app_service(parsed: dict, image, answers: dict) -> None:
     assert config["ftpsState"] == "Disabled" and config["minTlsVersion"] == "1.2"
     assert config["alwaysOn"] is True
     assert config["healthCheckPath"] == image.liveness_path and image.liveness_path in image.routes
-    assert settings["WEBSITES_PORT"] == str(image.port)
     assert "azd-service-name" in json.dumps(site["tags"])
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
     if answers["azure"] == "app-service-container":
         assert config["linuxFxVersion"] == "DOCKER|${image}"
+        # A custom container gets requests on WEBSITES_PORT (80 without it).
+        assert settings["WEBSITES_PORT"] == str(image.port)
         assert "appCommandLine" not in config, "the image's entrypoint starts the service"
     else:
         assert config["linuxFxVersion"] == f"PYTHON|{answers['python_version']}"
-        assert settings["PORT"] == settings["WEBSITES_PORT"]
+        # The built-in images get requests on PORT, which gunicorn binds (settings.py).
+        assert settings["PORT"] == str(image.port) and "WEBSITES_PORT" not in settings
         assert settings["SCM_DO_BUILD_DURING_DEPLOYMENT"] == "true"
         assert config["appCommandLine"]
     if answers["migrations"]:
