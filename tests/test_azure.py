@@ -46,6 +46,7 @@ RENDERS = {
 SCHEMA = ROOT / "tests" / "schemas" / "azure.yaml.json"
 # The export that makes requirements.txt (hooks/export.py), here to stdout.
 EXPORT = ["export", "--locked", "--no-dev", "--no-editable", "--no-hashes", "--quiet"]
+GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
 
 
 @pytest.fixture(params=list(RENDERS), scope="module")
@@ -304,15 +305,8 @@ def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
     assert "\n.\n" in requirements, "the project itself is installed (src layout)"
     assert "--hash" not in requirements and "-e " not in requirements
     test = project / "tests" / "test_requirements.py"
-    pytest_args = [
-        str(TOOLS / "python"),
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--noconftest",
-        str(test),
-    ]
+    pytest_args = [str(TOOLS / "python"), "-m", "pytest", "-p", "no:cacheprovider"]
+    pytest_args += ["--noconftest", str(test)]  # the test alone: no app to import
     run(pytest_args, project)
 
     # The CI step, as the workflow runs it, in a git checkout of the project.
@@ -321,7 +315,7 @@ def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
     steps = yaml.safe_load(workflow.read_text())["jobs"]["lint"]["steps"]
     (step,) = [s for s in steps if "requirements.txt" in s.get("name", "")]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "render"]):
-        run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *command], project)
+        run([*GIT, *command], project)
     run(["bash", "-e", "-c", step["run"]], project)
 
     # A drift: a pin that uv.lock does not say. Both fail.
@@ -330,11 +324,7 @@ def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
     (project / "requirements.txt").write_text(drifted)
     with pytest.raises(AssertionError, match="out of date with uv.lock"):
         run(pytest_args, project)
-    (project / "requirements.txt").write_text(drifted)
-    run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "x"],
-        project,
-    )
+    run([*GIT, "commit", "-qam", "drift"], project)
     with pytest.raises(AssertionError, match="exited 1"):
         run(["bash", "-e", "-c", step["run"]], project)
 
