@@ -1,4 +1,5 @@
-"""Copier migration task, after every update: refresh uv.lock and report conflicts.
+"""Copier migration task, after every update: refresh uv.lock (and requirements.txt), report
+conflicts.
 
 Copier runs it in the project's folder once the update is merged (the `_stage == 'after'`
 entry of `_migrations`). Copier exits 0 even when it left conflicts, so this hook lists every
@@ -9,10 +10,13 @@ happened, and what is left is the user's to review.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from export import REQUIREMENTS, write_requirements
 
 MARKERS = (b"<<<<<<< ", b">>>>>>> ")
 SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -42,6 +46,28 @@ def conflicts(root: Path) -> list[str]:
     return sorted(found)
 
 
+def deploys_code_to_app_service(root: Path) -> bool:
+    """Whether the answers ask for App Service's code deployment, which needs requirements.txt."""
+    answers = root / ".copier-answers.yml"
+    text = answers.read_text() if answers.is_file() else ""
+    return re.search(r"^azure: app-service-code$", text, re.MULTILINE) is not None
+
+
+def refresh_requirements(uv: str | None, root: Path, conflicted: list[str]) -> None:
+    """Export requirements.txt again from uv.lock: the same file when the lock did not change."""
+    if not deploys_code_to_app_service(root) or uv is None:
+        return
+    if "uv.lock" in conflicted or "pyproject.toml" in conflicted:
+        print(f"{REQUIREMENTS}: not refreshed, resolve the conflicts and run `uv lock` first.")
+        return
+    env = {"UV_PYTHON_DOWNLOADS": "never", **os.environ}
+    before = (root / REQUIREMENTS).read_bytes() if (root / REQUIREMENTS).is_file() else None
+    if not write_requirements(uv, env):
+        print(f"{REQUIREMENTS}: the export from uv.lock failed (see above).")
+    elif (root / REQUIREMENTS).read_bytes() != before:
+        print(f"{REQUIREMENTS}: exported again from uv.lock; review and commit it.")
+
+
 def refresh_lock(uv: str | None, conflicted: list[str]) -> None:
     if "pyproject.toml" in conflicted:
         print(
@@ -69,6 +95,7 @@ def main() -> int:
     root = Path.cwd()
     conflicted = conflicts(root)
     refresh_lock(shutil.which("uv"), conflicted)
+    refresh_requirements(shutil.which("uv"), root, conflicted)
     if not conflicted:
         print("No conflicts: review the changes with `git diff`, run the tests, and commit.")
         return 0

@@ -189,7 +189,7 @@ def test_readme_walks_from_compose_to_kubernetes_to_azure(project):
         assert (command in deploy) == answers[question], command
         if answers[question]:
             positions.append(deploy.index(command))
-    positions.append(deploy.index("### Azure App Service"))
+    positions.append(deploy.index("### Azure"))
     assert positions == sorted(positions)
 
 

@@ -39,6 +39,8 @@ BAD_ANSWERS = [
     ("database", "mysql", "'mysql' is not in ['sqlite', 'postgresql']"),
     ("license", "GPL", "'GPL' is not in ['MIT', 'Apache-2.0', 'BSD-3-Clause', 'Proprietary']"),
     ("kubernetes", True, "kubernetes needs database=postgresql"),
+    ("azure", "aws", "'aws' is not in ['none', 'app-service-container', 'app-service-code', 'c"),
+    ("azure", "container-apps", "azure needs database=postgresql"),
 ]
 
 

@@ -22,6 +22,7 @@ MATRIX = {
         "license": "Apache-2.0",
         "system_packages": "libpq5",
         "kubernetes": True,
+        "azure": "container-apps",
     },
     "flask-postgresql-py3.12-bsd-workers4": {
         "framework": "flask",
@@ -29,6 +30,7 @@ MATRIX = {
         "license": "BSD-3-Clause",
         "workers": "4",
         "compose": False,
+        "azure": "app-service-code",
     },
     "fastapi-nomigrations-py3.11-proprietary-port9000": {
         "migrations": False,
@@ -37,6 +39,7 @@ MATRIX = {
         "port": "9000",
         "github_actions": False,
         "kubernetes": True,
+        "azure": "app-service-container",
     },
     "flask-nomigrations-py3.13-packages-workers64": {
         "framework": "flask",
@@ -61,7 +64,7 @@ def project(request, copie_session) -> Path:
 
 
 def test_every_choice_is_rendered_by_the_matrix():
-    for question in ("framework", "database", "python_version", "license"):
+    for question in ("framework", "database", "python_version", "license", "azure"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == set(choice_values(question)), question
     for question in ("migrations", "github_actions", "compose", "kubernetes"):
@@ -129,6 +132,8 @@ def test_conditional_files(project):
         ("kubernetes", "deploy/kubernetes/deployment.yaml"),
     ]:
         assert (project / path).exists() == (f"{question}: true" in answers), path
+    for path in ("azure.yaml", "infra/main.bicep"):
+        assert (project / path).exists() == ("azure: none" not in answers), path
     migrate_job = project / "deploy/kubernetes/migrate/job.yaml"
     assert migrate_job.exists() == (has_migrations and "kubernetes: true" in answers)
 
