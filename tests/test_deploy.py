@@ -235,7 +235,7 @@ def read_image(project: Path, tmp_path: Path) -> Image:
         port=port,
         healthcheck=dockerfile_healthcheck(project),
         liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
-        routes=set(re.findall(r'\.(?:get|route)\("(/\w+)"', app)),
+        routes=set(re.findall(r'\.(?:get|route|api_route)\("(/\w+)"', app)),
         graceful_timeout=int(graceful),
         migration_command=migration,
         migrates_when={value: migration in commands for value, commands in calls.items()},
