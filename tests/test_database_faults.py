@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import sqlite3
 import threading
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from pg_cluster import Cluster, own_cluster
+
 from support import Service, render, running, sync
 
 pytestmark = pytest.mark.slow
@@ -173,7 +174,12 @@ def test_sqlite_stores_every_write_once_beside_readers(project, name, tmp_path):
         page_walk = walk_pages(service)
         page_limits = [
             call(service, "GET", query).status
-            for query in ("/notes?limit=500", "/notes?limit=501", "/notes?limit=0", "/notes?after=x")
+            for query in (
+                "/notes?limit=500",
+                "/notes?limit=501",
+                "/notes?limit=0",
+                "/notes?after=x",
+            )
         ]
         default_page = call(service, "GET", "/notes").json()
 
@@ -327,7 +333,7 @@ def test_postgresql_frozen_then_stopped_answers_503_in_time_and_recovers(
     assert [line for line in log_lines if " ERROR " in line] == lines, output
     with_traceback = [
         line
-        for line, following in zip(log_lines, log_lines[1:], strict=False)
+        for line, following in itertools.pairwise(log_lines)
         if OUTAGE_LINE in line and following.startswith("Traceback")
     ]
     assert 1 <= len(with_traceback) <= 2 * WORKERS, output
