@@ -4,10 +4,9 @@ Each image is built once per worker and checked twice: one container lives from 
 (healthy on a non-default PORT with a read-only root file system, gunicorn as PID 1 and not
 root, migrations before serving, `docker stop` ends it with status 0), and the image's file
 system holds the runtime alone, nothing else of the build context and no setuid or setgid
-file. Copies of a render,
-changed, show what a rebuild does: a stale lockfile or an app that cannot import fails the
-build, a change of code alone reuses the dependency layer, a failing migration stops the
-container before it serves. Builds share the engine's BuildKit cache.
+file. Copies of a render, changed, show what a rebuild does: a stale lockfile or an app that
+cannot import fails the build, a change of code alone reuses the dependency layer, a failing
+migration stops the container before it serves. Builds share the engine's BuildKit cache.
 """
 
 from __future__ import annotations
