@@ -119,7 +119,7 @@ def downgrade():
 '''
 
 WAIT_SECONDS = 3  # DATABASE_WAIT_SECONDS of the unreachable-database test
-CONNECT_TIMEOUT = 5  # db.CONNECT_TIMEOUT_SECONDS in the render: one attempt's limit
+CONNECT_TIMEOUT = 5  # DATABASE_TIMEOUT_SECONDS of the render: one attempt's limit
 SLACK = 30  # starting Python and its imports on a shared, noisy machine
 
 
