@@ -3,9 +3,11 @@ Copier writes nothing."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from support import QUESTIONS, check_answers
+from support import QUESTIONS, ROOT, TOOLS, check_answers, tool_env
 
 BAD_ANSWERS = [
     ("project_name", "", "project_name must start with a letter"),
@@ -18,7 +20,7 @@ BAD_ANSWERS = [
     ("package_name", "class", "package_name must not be a Python keyword"),
     ("package_name", "flask", "package_name must not shadow a package the service imports"),
     ("description", "", "description must be one line of 1 to 200 characters"),
-    ("description", 'say "hi"', "description must be one line of 1 to 200 characters"),
+    ("description", "back\\slash", "description must be one line of 1 to 200 characters"),
     ("description", "two\nlines", "description must be one line of 1 to 200 characters"),
     ("author_name", "", "author_name must be one line of 1 to 100 characters"),
     ("author_email", "not-an-address", "author_email must be an address like name@example.com"),
@@ -28,9 +30,10 @@ BAD_ANSWERS = [
     ("system_packages", "LibPQ5", "system_packages: 'LibPQ5' is not a Debian package name"),
     ("build_packages", "gcc, $(id)", "build_packages: '$(id)' is not a Debian package name"),
     ("build_packages", "Build-Essential", "build_packages: 'Build-Essential' is not a Debian"),
-    ("workers", "0", "workers must be 'auto' or a whole number from 1 to 64"),
-    ("workers", "abc", "workers must be 'auto' or a whole number from 1 to 64"),
-    ("workers", "65", "workers must be 'auto' or a whole number from 1 to 64"),
+    ("workers", "0", "workers must be 'auto' or a whole number from 1 to 256"),
+    ("workers", "abc", "workers must be 'auto' or a whole number from 1 to 256"),
+    ("workers", "257", "workers must be 'auto' or a whole number from 1 to 256"),
+    ("workers", "0256", "workers must be 'auto' or a whole number from 1 to 256"),
     ("port", "0", "port must be a whole number from 1 to 65535"),
     ("port", "65536", "port must be a whole number from 1 to 65535"),
     ("port", "http", "port must be a whole number from 1 to 65535"),
@@ -39,6 +42,11 @@ BAD_ANSWERS = [
     ("database", "mysql", "'mysql' is not in ['sqlite', 'postgresql']"),
     ("license", "GPL", "'GPL' is not in ['MIT', 'Apache-2.0', 'BSD-3-Clause', 'Proprietary']"),
     ("kubernetes", True, "kubernetes needs database=postgresql"),
+    # Copier reads any text as a bool ("maybe" is true): the validators refuse what is not one.
+    ("migrations", "maybe", "migrations must be true or false (or yes or no), not 'maybe'"),
+    ("github_actions", "sometimes", "github_actions must be true or false"),
+    ("compose", "nope", "compose must be true or false (or yes or no), not 'nope'"),
+    ("kubernetes", "maybe", "kubernetes must be true or false (or yes or no), not 'maybe'"),
 ]
 
 
@@ -67,7 +75,7 @@ def test_every_question_has_help_and_every_free_text_one_a_validator():
 
 def test_every_question_is_covered_by_a_bad_answer():
     covered = {question for question, _, _ in BAD_ANSWERS}
-    refusing = {name for name, spec in QUESTIONS.items() if spec.get("type") != "bool"}
+    refusing = set(QUESTIONS)
     assert refusing <= covered, f"no bad-answer test for {sorted(refusing - covered)}"
 
 
@@ -87,3 +95,74 @@ def test_computed_defaults(copie, answers, expected):
     result = copie.copy(extra_answers=answers)
     assert result.exit_code == 0, result.exception
     assert (result.answers["project_slug"], result.answers["package_name"]) == expected
+
+
+# The prompt is "🎤 " and the help: at 80 columns, 76 leave room for the emoji and a margin.
+HELP_WIDTH = 76
+
+
+def test_every_help_is_one_line_that_fits_an_80_column_terminal():
+    for name, spec in QUESTIONS.items():
+        help_text = spec["help"]
+        assert "\n" not in help_text.strip(), f"{name}: the help is more than one line"
+        assert len(help_text) <= HELP_WIDTH, f"{name}: {len(help_text)} > {HELP_WIDTH} columns"
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"kubernetes": "yes", "database": "postgresql"},
+        {"kubernetes": "true", "migrations": "no"},
+        {"migrations": "1", "compose": "off", "github_actions": "n"},
+    ],
+    ids=lambda answers: ",".join(f"{k}={v}" for k, v in answers.items()),
+)
+def test_yes_and_no_words_are_taken(copie, answers):
+    check_answers(answers)
+    result = copie.copy(extra_answers=answers)
+    assert result.exit_code == 0, result.exception
+    for name, given in answers.items():
+        if name in ("migrations", "compose", "github_actions", "kubernetes"):
+            assert result.answers[name] is (given in ("yes", "true", "1"))
+
+
+def test_kubernetes_is_not_asked_with_sqlite_and_an_update_keeps_working(copie):
+    """With SQLite migrations the question is skipped (its default, false, is used)."""
+    result = copie.copy(extra_answers={"database": "sqlite"})
+    assert result.exit_code == 0, result.exception
+    assert not (result.project_dir / "deploy").exists()
+    assert "kubernetes" not in (result.project_dir / ".copier-answers.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (["kubernetes=true", "database=sqlite"], "kubernetes needs database=postgresql"),
+        (["migrations=maybe"], "migrations must be true or false (or yes or no), not 'maybe'"),
+        (["compose=nope"], "compose must be true or false (or yes or no), not 'nope'"),
+    ],
+    ids=lambda value: ",".join(value) if isinstance(value, list) else "",
+)
+def test_command_line_answers_are_refused(tmp_path, data, message):
+    """`copier copy -d ...` as users type it (pytest-copie passes answers another way)."""
+    destination = tmp_path / "service"
+    args = [arg for answer in data for arg in ("-d", answer)]
+    result = subprocess.run(
+        [
+            str(TOOLS / "copier"),
+            "copy",
+            "--trust",
+            "--defaults",
+            *args,
+            str(ROOT),
+            str(destination),
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not destination.exists() or not any(destination.iterdir())
