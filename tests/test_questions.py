@@ -10,43 +10,44 @@ import pytest
 from support import QUESTIONS, ROOT, TOOLS, check_answers, tool_env
 
 BAD_ANSWERS = [
-    ("project_name", "", "project_name must start with a letter"),
-    ("project_name", "9 lives", "project_name must start with a letter"),
-    ("project_name", "a; rm -rf /", "project_name must start with a letter"),
-    ("project_slug", "My Service", "project_slug must be lower case letters and digits"),
-    ("project_slug", "my--service", "project_slug must be lower case letters and digits"),
-    ("package_name", "my-service", "package_name must be a lower case Python identifier"),
-    ("package_name", "1service", "package_name must be a lower case Python identifier"),
-    ("package_name", "class", "package_name must not be a Python keyword"),
-    ("package_name", "flask", "package_name must not shadow a package the service imports"),
-    ("description", "", "description must be one line of 1 to 200 characters"),
-    ("description", "back\\slash", "description must be one line of 1 to 200 characters"),
-    ("description", "two\nlines", "description must be one line of 1 to 200 characters"),
-    ("author_name", "", "author_name must be one line of 1 to 100 characters"),
-    ("author_email", "not-an-address", "author_email must be an address like name@example.com"),
-    ("system_packages", "libpq5, lib pq", "system_packages: 'lib pq' is not a Debian package name"),
-    ("system_packages", "libpq5;curl", "system_packages: 'libpq5;curl' is not a Debian package"),
-    ("system_packages", "$HOME", "system_packages: '$HOME' is not a Debian package name"),
-    ("system_packages", "LibPQ5", "system_packages: 'LibPQ5' is not a Debian package name"),
-    ("build_packages", "gcc, $(id)", "build_packages: '$(id)' is not a Debian package name"),
-    ("build_packages", "Build-Essential", "build_packages: 'Build-Essential' is not a Debian"),
-    ("workers", "0", "workers must be 'auto' or a whole number from 1 to 256"),
-    ("workers", "abc", "workers must be 'auto' or a whole number from 1 to 256"),
-    ("workers", "257", "workers must be 'auto' or a whole number from 1 to 256"),
-    ("workers", "0256", "workers must be 'auto' or a whole number from 1 to 256"),
-    ("port", "0", "port must be a whole number from 1 to 65535"),
-    ("port", "65536", "port must be a whole number from 1 to 65535"),
-    ("port", "http", "port must be a whole number from 1 to 65535"),
+    ("project_name", "", "must start with a letter"),
+    ("project_name", "9 lives", "must start with a letter"),
+    ("project_name", "a; rm -rf /", "use letters, digits, spaces, -_."),
+    ("project_name", "Long" * 17, "must be 1 to 64 characters"),
+    ("project_slug", "My Service", "lower case words joined by '-'"),
+    ("project_slug", "my--service", "lower case words joined by '-'"),
+    ("package_name", "my-service", "must be a lower case identifier"),
+    ("package_name", "1service", "must be a lower case identifier"),
+    ("package_name", "class", "'class' is a Python keyword"),
+    ("package_name", "flask", "'flask' shadows a dependency"),
+    ("description", "", "one line, 1 to 200 chars, no \\"),
+    ("description", "back\\slash", "one line, 1 to 200 chars, no \\"),
+    ("description", "two\nlines", "one line, 1 to 200 chars, no \\"),
+    ("author_name", "", 'one line, 1 to 100 chars, no "\\<>'),
+    ("author_email", "not-an-address", "must look like name@example.com"),
+    ("system_packages", "libpq5, lib pq", "bad name: 'lib pq'"),
+    ("system_packages", "libpq5;curl", "bad name: 'libpq5;curl'"),
+    ("system_packages", "$HOME", "bad name: '$HOME'"),
+    ("system_packages", "LibPQ5", "bad name: 'LibPQ5'"),
+    ("build_packages", "gcc, $(id)", "bad name: '$(id)'"),
+    ("build_packages", "Build-Essential", "bad name: 'Build-Essential'"),
+    ("workers", "0", "'auto' or a whole number 1 to 256"),
+    ("workers", "abc", "'auto' or a whole number 1 to 256"),
+    ("workers", "257", "'auto' or a whole number 1 to 256"),
+    ("workers", "0256", "'auto' or a whole number 1 to 256"),
+    ("port", "0", "a whole number from 1 to 65535"),
+    ("port", "65536", "a whole number from 1 to 65535"),
+    ("port", "http", "a whole number from 1 to 65535"),
     ("python_version", "3.10", "'3.10' is not in ['3.11', '3.12', '3.13']"),
     ("framework", "django", "'django' is not in ['fastapi', 'flask']"),
     ("database", "mysql", "'mysql' is not in ['sqlite', 'postgresql']"),
     ("license", "GPL", "'GPL' is not in ['MIT', 'Apache-2.0', 'BSD-3-Clause', 'Proprietary']"),
-    ("kubernetes", True, "kubernetes needs database=postgresql"),
+    ("kubernetes", True, "needs database=postgresql"),
     # Copier reads any text as a bool ("maybe" is true): the validators refuse what is not one.
-    ("migrations", "maybe", "migrations must be true or false (or yes or no), not 'maybe'"),
-    ("github_actions", "sometimes", "github_actions must be true or false"),
-    ("compose", "nope", "compose must be true or false (or yes or no), not 'nope'"),
-    ("kubernetes", "maybe", "kubernetes must be true or false (or yes or no), not 'maybe'"),
+    ("migrations", "maybe", "true or false, not 'maybe'"),
+    ("github_actions", "sometimes", "true or false, not 'sometimes'"),
+    ("compose", "nope", "true or false, not 'nope'"),
+    ("kubernetes", "maybe", "true or false, not 'maybe'"),
 ]
 
 
@@ -62,6 +63,10 @@ def test_bad_answer_is_refused_and_nothing_is_written(copie, question, answer, m
     text = str(result.exception)
     assert message in text
     assert f"'{question}'" in text  # the message names the question
+    if QUESTIONS[question]["type"] == "str" and "choices" not in QUESTIONS[question]:
+        # The prompt shows it on one line, cut at the terminal's width: it must fit 80 columns.
+        shown = text[text.index("Validation error") :].splitlines()[0]
+        assert len(shown) < 80, f"{len(shown)} columns: {shown}"
     assert not any(copie.test_dir.rglob("*.py")), "files were written despite the bad answer"
     assert not any(copie.test_dir.rglob("Dockerfile"))
 
@@ -137,9 +142,9 @@ def test_kubernetes_is_not_asked_with_sqlite_and_an_update_keeps_working(copie):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (["kubernetes=true", "database=sqlite"], "kubernetes needs database=postgresql"),
-        (["migrations=maybe"], "migrations must be true or false (or yes or no), not 'maybe'"),
-        (["compose=nope"], "compose must be true or false (or yes or no), not 'nope'"),
+        (["kubernetes=true", "database=sqlite"], "needs database=postgresql"),
+        (["migrations=maybe"], "true or false, not 'maybe'"),
+        (["compose=nope"], "true or false, not 'nope'"),
     ],
     ids=lambda value: ",".join(value) if isinstance(value, list) else "",
 )
