@@ -112,7 +112,7 @@ def answer_prompts(destination: Path, answers: dict[str, list]) -> tuple[list[st
             if asked and question == asked[-1]:
                 continue  # the answered question, drawn once more with its answer
             assert question is not None, f"a prompt this test does not know: {help_line!r}"
-            assert question in answers, f"{question!r} was asked; this run expects it not to be"
+            assert question in answers, f"{question!r} was asked; this run has no answer for it"
             asked.append(question)
             for step in answers[question]:
                 if isinstance(step, Refused):

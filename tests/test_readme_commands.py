@@ -27,7 +27,7 @@ import pytest
 import yaml
 from test_update import GIT_IDENTITY, copy_working_tree
 
-from support import ROOT, free_port, http_get, port_is_open
+from support import ROOT, TOOLS, free_port, http_get, port_is_open, tool_env
 
 # A command that names one of these needs what the value says, which the test does not have.
 SKIPPED = {
@@ -258,3 +258,20 @@ def test_both_readmes_work_as_written(tmp_path):
         rf"^version_info = {re.escape(answers(project)['python_version'])}\.", venv, re.MULTILINE
     )
     print("ran:", *reader.ran, "skipped:", *reader.skipped, sep="\n")
+
+
+def test_the_message_after_copy_says_how_to_reach_postgresql(tmp_path):
+    """`uv run ./entrypoint.sh` migrates first: the database must exist, at DATABASE_URL."""
+    result = subprocess.run(
+        [str(TOOLS / "copier"), "copy", "--trust", "--defaults", "--skip-tasks"]
+        + ["-d", "database=postgresql", str(ROOT), str(tmp_path / "service")],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=120,
+        check=True,
+    )
+    message = result.stdout + result.stderr
+    assert "The PostgreSQL database must exist first" in message
+    assert "postgresql://postgres@127.0.0.1:5432/my_service" in message
+    assert "export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/my_service" in message
