@@ -9,6 +9,7 @@ question asked again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ DOWN, UP, ERASE_LINE, ENTER = "\x1b[B", "\x1b[A", "\x15", "\r"
 class Refused:
     """An answer the prompt must refuse with this message, before the next one is typed.
 
-    One per question: the terminal shows a second refusal with the same message unchanged.
+    One per question: the message shows while the answer is typed, and a second refusal with
+    the same message would leave the screen unchanged.
     """
 
     answer: str
@@ -89,6 +91,13 @@ def keystrokes(question: str, answer) -> str:
     return ERASE_LINE + answer + ENTER
 
 
+def settle(child: pexpect.spawn, quiet: float = 0.3) -> None:
+    """Wait until the terminal has drawn what was typed (no output for `quiet` seconds)."""
+    with contextlib.suppress(pexpect.TIMEOUT):
+        while True:
+            child.read_nonblocking(65536, timeout=quiet)
+
+
 def answer_prompts(destination: Path, answers: dict[str, list]) -> tuple[list[str], str]:
     """Run `copier copy` in a pseudo-terminal and answer every question; the questions asked
     in order, and the whole output."""
@@ -116,14 +125,12 @@ def answer_prompts(destination: Path, answers: dict[str, list]) -> tuple[list[st
             asked.append(question)
             for step in answers[question]:
                 if isinstance(step, Refused):
-                    # Typed, shown, then entered: the screen is redrawn between the two, so
-                    # that a message equal to the previous one is drawn anew.
-                    typed = keystrokes(question, step.answer)
-                    child.send(typed.removesuffix(ENTER))
-                    child.expect(re.escape(step.answer))
-                    child.send(ENTER)
-                    # The message below the prompt, which stays open for a new answer.
+                    # The message shows below the answer as it is typed; Enter keeps the
+                    # prompt open (the next answer typed there is the one recorded).
+                    child.send(keystrokes(question, step.answer).removesuffix(ENTER))
                     child.expect(re.escape(step.message))
+                    child.send(ENTER)
+                    settle(child)
                 else:
                     child.send(keystrokes(question, step))
     finally:
