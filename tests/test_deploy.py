@@ -46,10 +46,10 @@ RENDERS = {
         "kubernetes": True,
         "python_version": "3.13",
     },
-    "fastapi-nomigrations-kubernetes-workers4-port9000": {
+    "fastapi-nomigrations-kubernetes-workers256-port9000": {
         "migrations": False,
         "kubernetes": True,
-        "workers": "4",
+        "workers": "256",
         "port": "9000",
     },
     "fastapi-sqlite-defaults": {},
