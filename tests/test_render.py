@@ -123,6 +123,7 @@ def test_pyproject_and_lockfile(project):
         asked = {
             "database": "migrations: true" in answers,
             "kubernetes": not sqlite,  # not asked with SQLite migrations
+            "azure": not sqlite,
         }.get(question, True)
         assert (f"\n{question}:" in answers) == asked, (
             f"{question} in the answers file: {not asked}"
