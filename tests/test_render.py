@@ -14,13 +14,19 @@ from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
 
 MATRIX = {
     "fastapi-sqlite-py3.12-defaults": {},
-    "flask-sqlite-py3.11-mit": {"framework": "flask", "python_version": "3.11"},
-    "fastapi-postgresql-py3.13-apache": {
+    # The port OpenTelemetry's Prometheus exporter uses, the metrics port's default.
+    "flask-sqlite-py3.11-mit-port9464": {
+        "framework": "flask",
+        "python_version": "3.11",
+        "port": "9464",
+    },
+    "fastapi-postgresql-py3.13-apache-opentelemetry": {
         "database": "postgresql",
         "python_version": "3.13",
         "license": "Apache-2.0",
         "system_packages": "libpq5",
         "kubernetes": True,
+        "opentelemetry": True,
     },
     "flask-postgresql-py3.12-bsd-workers4": {
         "framework": "flask",
@@ -37,7 +43,7 @@ MATRIX = {
         "github_actions": False,
         "kubernetes": True,
     },
-    "flask-nomigrations-py3.13-packages-workers64": {
+    "flask-nomigrations-py3.13-packages-workers64-opentelemetry": {
         "framework": "flask",
         "migrations": False,
         "python_version": "3.13",
@@ -45,6 +51,7 @@ MATRIX = {
         "build_packages": "build-essential,libxml2-dev, libxslt1-dev",
         "workers": "64",
         "port": "65535",
+        "opentelemetry": True,
     },
 }
 
@@ -62,7 +69,7 @@ def test_every_choice_is_rendered_by_the_matrix():
     for question in ("framework", "database", "python_version", "license"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == set(choice_values(question)), question
-    for question in ("migrations", "github_actions", "compose", "kubernetes"):
+    for question in ("migrations", "github_actions", "compose", "kubernetes", "opentelemetry"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == {True, False}, question
 
@@ -126,3 +133,10 @@ def test_conditional_files(project):
         assert (project / path).exists() == (f"{question}: true" in answers), path
     migrate_job = project / "deploy/kubernetes/migrate/job.yaml"
     assert migrate_job.exists() == (has_migrations and "kubernetes: true" in answers)
+
+
+def test_metrics_port_defaults_apart_from_the_port(project):
+    settings = next((project / "src").iterdir()).joinpath("settings.py").read_text()
+    port = re.search(r"^DEFAULT_PORT = (\d+)$", settings, re.MULTILINE)[1]
+    metrics_port = re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]
+    assert port != metrics_port and 1 <= int(metrics_port) <= 65535

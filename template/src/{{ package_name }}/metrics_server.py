@@ -10,6 +10,7 @@ it is first imported.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,7 +61,10 @@ def start(arbiter: Any, port: int) -> None:
     """Serve /metrics on all interfaces in a thread of the master (gunicorn's when_ready)."""
     global _exporter
     _exporter = _Exporter(arbiter, port)
-    arbiter.log.info("metrics: http://0.0.0.0:%d/metrics", port)
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    arbiter.log.info(
+        "metrics: http://0.0.0.0:%d/metrics (the workers' files in %s)", port, directory
+    )
 
 
 def worker_exited(arbiter: Any, pid: int) -> None:
