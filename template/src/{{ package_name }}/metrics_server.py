@@ -11,6 +11,7 @@ it is first imported.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,7 +61,11 @@ _exporter: _Exporter | None = None
 def start(arbiter: Any, port: int) -> None:
     """Serve /metrics on all interfaces in a thread of the master (gunicorn's when_ready)."""
     global _exporter
-    _exporter = _Exporter(arbiter, port)
+    try:
+        _exporter = _Exporter(arbiter, port)
+    except OSError as error:
+        arbiter.log.error("metrics: cannot serve on METRICS_PORT=%d: %s", port, error.strerror)
+        sys.exit(1)
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     arbiter.log.info(
         "metrics: http://0.0.0.0:%d/metrics (the workers' files in %s)", port, directory
