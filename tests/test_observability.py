@@ -62,6 +62,11 @@ async def slow(seconds: float) -> dict[str, float]:
 async def logs_an_error() -> dict[str, str]:
     logging.getLogger("my_service.test").error("something failed")
     return {"status": "logged"}
+
+
+@app.get("/fails")
+async def fails() -> dict[str, str]:
+    raise RuntimeError("nobody catches this")
 """,
     "flask": """
 import logging
@@ -83,6 +88,11 @@ def slow() -> dict[str, float]:
 def logs_an_error() -> dict[str, str]:
     logging.getLogger("my_service.test").error("something failed")
     return {"status": "logged"}
+
+
+@app.get("/fails")
+def fails() -> dict[str, str]:
+    raise RuntimeError("nobody catches this")
 """,
 }
 
@@ -405,6 +415,37 @@ def test_spans_reach_an_otlp_receiver_and_join_the_log_lines(projects, tmp_path,
     assert all(len(entry["trace_id"]) == 32 for entry in access), access
     errors = [json.loads(line) for line in service.output().splitlines() if "something" in line]
     assert [(e["message"], e["trace_id"]) for e in errors] == [("something failed", error_trace)]
+
+
+@FRAMEWORKS
+@pytest.mark.xfail(
+    strict=True,
+    reason="the request id in the error line comes with the error handling of issue 11",
+)
+def test_an_unhandled_exception_is_one_line_with_the_request_and_trace_ids(
+    projects, tmp_path, framework
+):
+    with (
+        otlp_receiver() as receiver,
+        serving(
+            projects(framework),
+            tmp_path,
+            "test_app:app",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+            METRICS_PORT=str(free_port()),
+            **OTEL_ENV,
+        ) as service,
+    ):
+        headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "X-Request-ID": "fails-1"}
+        assert http_get(f"{service.url}/fails", headers=headers)[0] == 500
+        assert service.stop() == 0
+
+    lines = [json.loads(line) for line in service.output().splitlines() if line.startswith("{")]
+    failures = [entry for entry in lines if "nobody catches this" in json.dumps(entry)]
+    assert len(failures) == 1, failures
+    (failure,) = failures
+    assert "RuntimeError: nobody catches this" in failure["exception"]
+    assert (failure["trace_id"], failure.get("request_id")) == (TRACE_ID, "fails-1"), failure
 
 
 @FRAMEWORKS
