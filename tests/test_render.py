@@ -140,3 +140,17 @@ def test_metrics_port_defaults_apart_from_the_port(project):
     port = re.search(r"^DEFAULT_PORT = (\d+)$", settings, re.MULTILINE)[1]
     metrics_port = re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]
     assert port != metrics_port and 1 <= int(metrics_port) <= 65535
+
+
+def test_no_opentelemetry_sdk_unless_asked(project):
+    """Tracing is a question: answered no, nothing of the SDK is asked for or locked."""
+    answers = (project / ".copier-answers.yml").read_text()
+    tracing = "opentelemetry: true" in answers
+    package = next((project / "src").iterdir())
+    assert (package / "tracing.py").exists() == tracing
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    asked = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("opentelemetry")]
+    assert bool(asked) == tracing, asked
+    assert ('name = "opentelemetry-sdk"' in (project / "uv.lock").read_text()) == tracing
+    sources = "".join(path.read_text() for path in package.rglob("*.py"))
+    assert ("opentelemetry" in sources) == tracing
