@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from support import http_get, need, tool_env
+from support import free_port, http_get, need, tool_env
 
 PREFIX = f"template-test-{uuid.uuid4().hex[:12]}"
 
@@ -207,7 +207,9 @@ def container(image: str, port: int, *options: str, **env: str) -> Iterator[Cont
     global _containers
     _containers += 1
     name = f"{PREFIX}-{_containers}"
-    env_options = [f"--env={key}={value}" for key, value in {"PORT": str(port), **env}.items()]
+    # The master's /metrics on a free port as well: containers share the host's network.
+    env = {"PORT": str(port), "METRICS_PORT": str(free_port()), **env}
+    env_options = [f"--env={key}={value}" for key, value in env.items()]
     started = Container(name=name, port=port)
     try:
         docker(

@@ -166,6 +166,9 @@ def project_env(project: Path, **extra: str) -> dict[str, str]:
 def start_service(project: Path, log: Path, **env: str) -> Service:
     """Start ./entrypoint.sh with the project's virtual environment first on PATH."""
     port = int(env.pop("PORT", 0)) or free_port()
+    # The master's /metrics on a free port too: services of tests running at once must not
+    # meet on the default one.
+    env.setdefault("METRICS_PORT", str(free_port()))
     full_env = project_env(project, PORT=str(port), **env)
     handle = log.open("w")
     process = subprocess.Popen(

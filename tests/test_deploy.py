@@ -203,6 +203,7 @@ class Image:
     uid: int
     gid: int
     port: int
+    metrics_port: int  # the master's GET /metrics
     healthcheck: list[str]
     liveness_path: str
     routes: set[str]
@@ -233,6 +234,7 @@ def read_image(project: Path, tmp_path: Path) -> Image:
         uid=uid,
         gid=gid,
         port=port,
+        metrics_port=int(re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]),
         healthcheck=dockerfile_healthcheck(project),
         liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
         routes=set(re.findall(r'\.(?:get|route|api_route)\("(/\w+)"', app)),
@@ -306,8 +308,12 @@ def check_compose(compose: dict, image: Image, answers: dict) -> None:
     env = app["environment"]
     assert app["build"] == "."
     assert app["healthcheck"]["test"] == ["CMD", *image.healthcheck]
-    assert app["ports"] == [f"127.0.0.1:{image.port}:{image.port}"]
-    assert env["PORT"] == str(image.port)
+    metrics = image.metrics_port
+    assert app["ports"] == [
+        f"127.0.0.1:{image.port}:{image.port}",
+        f"127.0.0.1:{metrics}:{metrics}",
+    ]
+    assert env["PORT"] == str(image.port) and env["METRICS_PORT"] == str(metrics) != env["PORT"]
     assert seconds(app["stop_grace_period"]) > image.graceful_timeout
     assert app["read_only"] is True and app["tmpfs"] == ["/tmp"]
     assert {"path": ".env", "required": False} in app["env_file"]
@@ -334,9 +340,19 @@ def check_kubernetes(docs: dict, image: Image, answers: dict) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {item["name"]: item for item in container["env"]}
-    (port,) = container["ports"]
+    port, metrics = container["ports"]
 
     assert port["containerPort"] == image.port and env["PORT"]["value"] == str(image.port)
+    # The metrics: a named port that the Service does not route to, and the annotations that
+    # a Prometheus scrape config keeps pods by.
+    assert metrics == {"name": "metrics", "containerPort": image.metrics_port}
+    assert env["METRICS_PORT"]["value"] == str(image.metrics_port)
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(image.metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+    assert [p["targetPort"] for p in docs["service"]["spec"]["ports"]] == [port["name"]]
     for probe, path in [
         ("startupProbe", image.liveness_path),
         ("livenessProbe", image.liveness_path),
@@ -475,12 +491,21 @@ def test_the_image_runs_as_the_kubernetes_manifests_run_it(copie_session):
         )  # fmt: skip
         assert postgres_support.query(database, "SELECT version_num FROM alembic_version")
 
-        # The Deployment's container, on a free port instead of its own (the host's network).
-        port = free_port()
-        env = literal_env(app, DATABASE_URL=database) | {"PORT": str(port)}
+        # The Deployment's container, on free ports instead of its own (the host's network).
+        port, metrics_port = free_port(), free_port()
+        env = literal_env(app, DATABASE_URL=database) | {
+            "PORT": str(port),
+            "METRICS_PORT": str(metrics_port),
+        }
         with container(tag, port, *docker_options(pod, app), **env) as running:
             for probe in ("readinessProbe", "livenessProbe"):
                 wait_for(f"{running.url}{app[probe]['httpGet']['path']}", running.name)
+            # Scraped as the pod's annotations say, the probes' requests are counted.
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            scraped = http_get(
+                f"http://127.0.0.1:{metrics_port}{annotations['prometheus.io/path']}"
+            )
+            assert scraped[0] == 200 and b'http_route="/ready"' in scraped[1], scraped
             logs = running.logs()
             state = running.state()
         assert state["Running"] and not state["OOMKilled"], state

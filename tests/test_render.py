@@ -17,12 +17,14 @@ from workflow_support import check_workflows
 
 MATRIX = {
     "fastapi-sqlite-py3.12-defaults": {},
-    "flask-sqlite-py3.11-mit": {
+    # The port OpenTelemetry's Prometheus exporter uses, the metrics port's default.
+    "flask-sqlite-py3.11-mit-port9464": {
         "framework": "flask",
         "python_version": "3.11",
         "description": 'Keeps "notes"',
+        "port": "9464",
     },
-    "fastapi-postgresql-py3.13-apache": {
+    "fastapi-postgresql-py3.13-apache-opentelemetry": {
         "database": "postgresql",
         "python_version": "3.13",
         "license": "Apache-2.0",
@@ -30,6 +32,7 @@ MATRIX = {
         "kubernetes": True,
         "azure": "container-apps",
         "description": 'Says "hi" to the team\'s <apps> & """more"""',
+        "opentelemetry": True,
     },
     "flask-postgresql-py3.12-bsd-workers4": {
         "framework": "flask",
@@ -48,7 +51,7 @@ MATRIX = {
         "kubernetes": True,
         "azure": "app-service-container",
     },
-    "flask-nomigrations-py3.13-packages-workers256": {
+    "flask-nomigrations-py3.13-packages-workers256-opentelemetry": {
         "framework": "flask",
         "migrations": False,
         "python_version": "3.13",
@@ -56,6 +59,7 @@ MATRIX = {
         "build_packages": "build-essential,libxml2-dev, libxslt1-dev",
         "workers": "256",
         "port": "65535",
+        "opentelemetry": True,
     },
 }
 
@@ -74,7 +78,7 @@ def test_every_choice_is_rendered_by_the_matrix():
     for question in ("framework", "database", "python_version", "license", "azure"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == set(choice_values(question)), question
-    for question in ("migrations", "github_actions", "compose", "kubernetes"):
+    for question in ("migrations", "github_actions", "compose", "kubernetes", "opentelemetry"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == {True, False}, question
 
@@ -182,3 +186,24 @@ def test_workflows_pass_zizmor_the_schemas_and_actionlint(project, actionlint):
         check_workflows(project, actionlint)
     else:
         assert not (project / ".github").exists()
+
+
+def test_metrics_port_defaults_apart_from_the_port(project):
+    settings = next((project / "src").iterdir()).joinpath("settings.py").read_text()
+    port = re.search(r"^DEFAULT_PORT = (\d+)$", settings, re.MULTILINE)[1]
+    metrics_port = re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]
+    assert port != metrics_port and 1 <= int(metrics_port) <= 65535
+
+
+def test_no_opentelemetry_sdk_unless_asked(project):
+    """Tracing is a question: answered no, nothing of the SDK is asked for or locked."""
+    answers = (project / ".copier-answers.yml").read_text()
+    tracing = "opentelemetry: true" in answers
+    package = next((project / "src").iterdir())
+    assert (package / "tracing.py").exists() == tracing
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    asked = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("opentelemetry")]
+    assert bool(asked) == tracing, asked
+    assert ('name = "opentelemetry-sdk"' in (project / "uv.lock").read_text()) == tracing
+    sources = "".join(path.read_text() for path in package.rglob("*.py"))
+    assert ("opentelemetry" in sources) == tracing
