@@ -406,7 +406,9 @@ def test_the_code_runs_as_app_service_builds_and_starts_it(copie_session, tmp_pa
     database = postgres_support.create_database(name)
     # The startup command, as App Service runs it: in the app's folder, venv activated.
     env = {key: value for key, value in settings.items() if "${" not in value}
-    env = tool_env(DATABASE_URL=database, VIRTUAL_ENV=str(venv), **env)
+    env = tool_env(
+        DATABASE_URL=database, VIRTUAL_ENV=str(venv), METRICS_PORT=str(free_port()), **env
+    )
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     log = (tmp_path / "service.log").open("w")
     process = subprocess.Popen(

@@ -77,6 +77,7 @@ def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> Iterator[S
         "GUNICORN_WORKERS": "2",
         "HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'edge.sqlite3'}",
+        "METRICS_PORT": str(free_port()),  # not the default: tests run at once
         **env,
     }
     log = tmp_path / "service.log"
