@@ -66,7 +66,9 @@ def project(request, copie_session) -> Path:
 
 
 def answers_of(project: Path) -> dict:
-    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+    """The recorded answers; a question not asked (kubernetes and azure with SQLite) as no."""
+    recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    return {"kubernetes": False, "azure": "none", **recorded}
 
 
 def manifests(project: Path) -> list[Path]:
