@@ -233,7 +233,7 @@ def test_both_readmes_work_as_written(tmp_path):
     assert (project / ".copier-answers.yml").is_file(), "no project was made"
 
     for block in sh_blocks((project / "README.md").read_text()):
-        if "copier update" in " ".join(block):
+        if "copier update" in " ".join(block) and not skip_reason(block):
             git("add", "-A", cwd=project, env=env)  # the reader commits their work, as it asks
             git("commit", "-qm", "Our work", cwd=project, env=env)
             updates += 1
