@@ -72,6 +72,7 @@ ANSWERS: dict[str, list] = {
         "4",
     ],
     "port": [Refused("http", "a whole number from 1 to 65535"), "9000"],
+    "opentelemetry": [True],
     "github_actions": [False],
     "compose": [True],
     "kubernetes": [True],

@@ -47,6 +47,7 @@ BAD_ANSWERS = [
     ("migrations", "maybe", "true or false, not 'maybe'"),
     ("github_actions", "sometimes", "true or false, not 'sometimes'"),
     ("compose", "nope", "true or false, not 'nope'"),
+    ("opentelemetry", "perhaps", "true or false, not 'perhaps'"),
     ("kubernetes", "maybe", "true or false, not 'maybe'"),
     ("azure", "aws", "'aws' is not in ['none', 'app-service-container', 'app-service-code', 'c"),
     ("azure", "container-apps", "needs database=postgresql"),
