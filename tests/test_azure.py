@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -411,9 +412,11 @@ def test_the_code_runs_as_app_service_builds_and_starts_it(copie_session, tmp_pa
     )
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     log = (tmp_path / "service.log").open("w")
+    # A session of its own: the startup command's shell execs gunicorn in a child, which a
+    # signal to the shell alone would leave running.
     process = subprocess.Popen(
         ["sh", "-c", config["appCommandLine"]], cwd=app, env=env, stdout=log,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_process(f"http://127.0.0.1:{settings['PORT']}{config['healthCheckPath']}",
@@ -421,9 +424,24 @@ def test_the_code_runs_as_app_service_builds_and_starts_it(copie_session, tmp_pa
         assert postgres_support.query(database, "SELECT version_num FROM alembic_version")
         assert int(settings["PORT"]) == port
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stop_session(process)
         postgres_support.drop_database(name)
+
+
+def stop_session(process: subprocess.Popen, timeout: float = 40) -> None:
+    """SIGTERM to every process of the session `process` leads; SIGKILL after `timeout`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        process.poll()
+        time.sleep(0.2)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def wait_for_process(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
