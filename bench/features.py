@@ -58,7 +58,7 @@ def specs(
         found["no-metrics"] = generated_spec(
             framework, render, data, migrate=False, name="no-metrics", METRICS_PORT="0"
         )
-    if "opentelemetry" in projects.questions():
+    if "opentelemetry" in projects.questions(vcs_ref):
         traced = workdir / "traced"
         projects.copier_copy(traced, vcs_ref, framework=framework, opentelemetry="true")
         projects.sync(traced)

@@ -77,19 +77,23 @@ def copier_update_time(project: Path, vcs_ref: str) -> float:
     return time.perf_counter() - started
 
 
-def questions() -> set[str]:
-    """The questions of the template's copier.yml in this checkout."""
-    answers = yaml.safe_load((ROOT / "copier.yml").read_text())
-    return {name for name in answers if not name.startswith("_")}
+def questions(vcs_ref: str) -> set[str]:
+    """The questions of the template's copier.yml at this version ('HEAD': the working tree)."""
+    if vcs_ref == "HEAD":
+        text = (ROOT / "copier.yml").read_text()
+    else:
+        text = run(["git", "show", f"{vcs_ref}:copier.yml"], ROOT)
+    return {name for name in yaml.safe_load(text) if not name.startswith("_")}
 
 
 def sync(project: Path) -> Path:
     """`uv sync --locked` in the render; the Python of its virtual environment.
 
-    Compiled to bytecode, as the image is: without it (and with PYTHONDONTWRITEBYTECODE set,
-    as on many machines), every start would compile the packages it imports.
+    As in the image: without the development tools (their packages change what some imports
+    load), compiled to bytecode (without it, and with PYTHONDONTWRITEBYTECODE set, as on many
+    machines, every start would compile the packages it imports).
     """
-    run(["uv", "sync", "--locked", "--quiet", "--compile-bytecode"], project)
+    run(["uv", "sync", "--locked", "--no-dev", "--quiet", "--compile-bytecode"], project)
     return project / ".venv" / "bin" / "python"
 
 
