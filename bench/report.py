@@ -266,7 +266,10 @@ def load_errors(results: dict) -> list[str]:
     """Runs that saw socket errors or non-2xx answers: their figures need a second look."""
     found = []
     for framework, measured in results["frameworks"].items():
-        for workers, load in measured.get("load", {}).items():
+        loads = dict(measured.get("load", {}))
+        if "features" in measured:
+            loads["1 (features)"] = measured["features"]
+        for workers, load in loads.items():
             for config, routes in load["runs"].items():
                 for route, runs in routes.items():
                     errors = sum(run["socket_errors"] for run in runs)
