@@ -226,18 +226,21 @@ class FileSystem:
     paths: set[str]
     paths_holding: dict[bytes, list[str]]
     installed_packages: set[str]
+    # The files with a setuid or setgid bit: privileges a process of the image could gain.
+    setuid_or_setgid: list[str]
 
     def under(self, folder: str) -> list[str]:
         return sorted(path for path in self.paths if path.startswith(folder.rstrip("/") + "/"))
 
 
 def image_file_system(image: str, *needles: bytes) -> FileSystem:
-    """Every path of the image, the files whose content holds each needle, and the Debian
-    packages that dpkg lists as installed."""
+    """Every path of the image, the files whose content holds each needle, the Debian
+    packages that dpkg lists as installed, and the setuid or setgid files."""
     created = docker("create", image).stdout.strip()
     paths: set[str] = set()
     holding: dict[bytes, list[str]] = {needle: [] for needle in needles}
     dpkg_status = ""
+    setid: list[str] = []
     try:
         with (
             subprocess.Popen(["docker", "export", created], stdout=subprocess.PIPE) as export,
@@ -248,6 +251,8 @@ def image_file_system(image: str, *needles: bytes) -> FileSystem:
                 paths.add(path)
                 if not member.isfile():
                     continue
+                if member.mode & 0o6000:
+                    setid.append(f"{path} ({member.mode:o})")
                 content = archive.extractfile(member).read()
                 for needle in needles:
                     if needle in content:
@@ -257,7 +262,7 @@ def image_file_system(image: str, *needles: bytes) -> FileSystem:
         assert export.returncode == 0, f"docker export {image} exited {export.returncode}"
     finally:
         docker("rm", "--force", created, check=False)
-    return FileSystem(paths, holding, installed_debian_packages(dpkg_status))
+    return FileSystem(paths, holding, installed_debian_packages(dpkg_status), sorted(setid))
 
 
 def installed_debian_packages(dpkg_status: str) -> set[str]:

@@ -29,10 +29,11 @@ import postgres_support
 import pytest
 import yaml
 from pycep import BicepParser
-from test_deploy import actionlint, lint_workflow, read_image, wait_for  # noqa: F401 (fixture)
+from test_deploy import read_image, wait_for
 
 from docker_support import PREFIX, build, container, need_docker, remove_images
 from support import ROOT, TOOLS, free_port, http_get, need, render, run, tool_env
+from workflow_support import lint_workflow
 
 TARGETS = ("app-service-container", "app-service-code", "container-apps")
 RENDERS = {
@@ -297,7 +298,7 @@ def body(text: str) -> list[str]:
 
 def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
     copie_session,
-    actionlint,  # noqa: F811 (the fixture imported from test_deploy)
+    actionlint,
 ):
     project = render(copie_session, azure="app-service-code", database="postgresql")
     requirements = (project / "requirements.txt").read_text()

@@ -46,10 +46,10 @@ RENDERS = {
         "kubernetes": True,
         "python_version": "3.13",
     },
-    "fastapi-nomigrations-kubernetes-workers4-port9000": {
+    "fastapi-nomigrations-kubernetes-workers256-port9000": {
         "migrations": False,
         "kubernetes": True,
-        "workers": "4",
+        "workers": "256",
         "port": "9000",
     },
     "fastapi-sqlite-defaults": {},
@@ -235,7 +235,7 @@ def read_image(project: Path, tmp_path: Path) -> Image:
         port=port,
         healthcheck=dockerfile_healthcheck(project),
         liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
-        routes=set(re.findall(r'\.(?:get|route)\("(/\w+)"', app)),
+        routes=set(re.findall(r'\.(?:get|route|api_route)\("(/\w+)"', app)),
         graceful_timeout=int(graceful),
         migration_command=migration,
         migrates_when={value: migration in commands for value, commands in calls.items()},

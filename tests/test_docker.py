@@ -3,10 +3,10 @@
 Each image is built once per worker and checked twice: one container lives from start to stop
 (healthy on a non-default PORT with a read-only root file system, gunicorn as PID 1 and not
 root, migrations before serving, `docker stop` ends it with status 0), and the image's file
-system holds the runtime alone and nothing else of the build context. Copies of a render,
-changed, show what a rebuild does: a stale lockfile or an app that cannot import fails the
-build, a change of code alone reuses the dependency layer, a failing migration stops the
-container before it serves. Builds share the engine's BuildKit cache.
+system holds the runtime alone, nothing else of the build context and no setuid or setgid
+file. Copies of a render, changed, show what a rebuild does: a stale lockfile or an app that
+cannot import fails the build, a change of code alone reuses the dependency layer, a failing
+migration stops the container before it serves. Builds share the engine's BuildKit cache.
 """
 
 from __future__ import annotations
@@ -251,6 +251,9 @@ def test_the_image_holds_the_runtime_and_nothing_else_of_the_build_context(image
     assert (system_packages <= files.installed_packages) == bool(image.answers["system_packages"])
     assert not (listed(image.answers["build_packages"]) | COMPILERS) & files.installed_packages
     assert files.under("/var/lib/apt/lists") == []
+    # No setuid or setgid file (su, mount, passwd, ... of the base image): nothing to gain
+    # privileges with, whatever runs in the container.
+    assert files.setuid_or_setgid == []
     config = image_config(image.tag)
     assert config["User"] == "10001:10001"
     assert "PYTHONUNBUFFERED=1" in config["Env"]

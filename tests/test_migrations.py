@@ -9,12 +9,15 @@ start of three replicas at once:
     three replicas         FastAPI on PostgreSQL, Flask on SQLite
     a migration raises     Flask on PostgreSQL, FastAPI on SQLite
     database unreachable   Flask (nothing listens), FastAPI (a server that never answers)
+    no wait can cure it    both on SQLite (directory not writable), FastAPI on PostgreSQL
+                           (database missing), Flask on PostgreSQL (user missing)
     RUN_MIGRATIONS=0       FastAPI on PostgreSQL, Flask on SQLite
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import socket
@@ -23,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import postgres_support
 import pytest
@@ -115,7 +119,7 @@ def downgrade():
 '''
 
 WAIT_SECONDS = 3  # DATABASE_WAIT_SECONDS of the unreachable-database test
-CONNECT_TIMEOUT = 5  # db.CONNECT_TIMEOUT_SECONDS in the render: one attempt's limit
+CONNECT_TIMEOUT = 5  # DATABASE_TIMEOUT_SECONDS of the render: one attempt's limit
 SLACK = 30  # starting Python and its imports on a shared, noisy machine
 
 
@@ -381,6 +385,58 @@ def test_unreachable_database_stops_the_start_in_time(project, name, database, t
     assert "Traceback" not in output
     if database == "closed port":
         assert "not reachable yet (attempt 1" in output, output
+
+
+def incurable_fault(fault: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """DATABASE_URL for a start that no wait can cure, and what its one error line must say."""
+    if fault == "unwritable directory":
+        directory = tmp_path / "data"
+        if os.geteuid() == 0:  # root writes everywhere: a file where the directory must be
+            directory.write_text("")
+        else:
+            directory.mkdir(mode=0o555)
+        return f"sqlite:///{directory / 'service.sqlite3'}", [
+            f"the SQLite directory {directory} is not writable by uid {os.geteuid()}",
+            f"mount a volume at {directory} writable by uid {os.geteuid()}",
+        ]
+    need(not postgres_support.unreachable_reason(), postgres_support.unreachable_reason())
+    server = urlsplit(postgres_support.SERVER_URL)
+    name = f"template_missing_{uuid.uuid4().hex[:8]}"
+    if fault == "missing database":
+        return postgres_support.database_url(name), [
+            f'the database "{name}" does not exist at',
+            f"create it (createdb --host {server.hostname} --port {server.port or 5432}",
+        ]
+    url = server._replace(netloc=f"{name}@{server.hostname}:{server.port or 5432}").geturl()
+    return url, [f'the user "{name}" does not exist at', "create it (createuser"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fault"),
+    [
+        ("flask-sqlite", "unwritable directory"),
+        ("fastapi-sqlite", "unwritable directory"),
+        pytest.param("fastapi-postgresql", "missing database", marks=pytest.mark.postgres),
+        pytest.param("flask-postgresql", "missing user", marks=pytest.mark.postgres),
+    ],
+)
+def test_a_start_that_waiting_cannot_cure_fails_at_once(project, name, fault, tmp_path):
+    """No retries for DATABASE_WAIT_SECONDS: one line that says what to do, at once."""
+    path = project(name)
+    url, expected = incurable_fault(fault, tmp_path)
+    service = start_service(path, tmp_path / "service.log", DATABASE_URL=url)
+    status, seconds, listened = watch_until_exit(service, timeout=60)
+
+    output = service.output()
+    assert status == 1, output
+    assert seconds < SLACK / 2, f"took {seconds:.1f} s:\n{output}"
+    assert_gunicorn_never_started(service, listened)
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, output
+    for text in expected:
+        assert text in errors[0], output
+    assert "not reachable yet" not in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,25 @@ copier.yml and the values the templates compare against are the same."""
 
 from __future__ import annotations
 
+import ast
 import re
 import stat
 import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
 from workflow_support import check_workflows
 
 MATRIX = {
     "fastapi-sqlite-py3.12-defaults": {},
-    "flask-sqlite-py3.11-mit": {"framework": "flask", "python_version": "3.11"},
+    "flask-sqlite-py3.11-mit": {
+        "framework": "flask",
+        "python_version": "3.11",
+        "description": 'Keeps "notes"',
+    },
     "fastapi-postgresql-py3.13-apache": {
         "database": "postgresql",
         "python_version": "3.13",
@@ -23,6 +29,7 @@ MATRIX = {
         "system_packages": "libpq5",
         "kubernetes": True,
         "azure": "container-apps",
+        "description": 'Says "hi" to the team\'s <apps> & """more"""',
     },
     "flask-postgresql-py3.12-bsd-workers4": {
         "framework": "flask",
@@ -41,13 +48,13 @@ MATRIX = {
         "kubernetes": True,
         "azure": "app-service-container",
     },
-    "flask-nomigrations-py3.13-packages-workers64": {
+    "flask-nomigrations-py3.13-packages-workers256": {
         "framework": "flask",
         "migrations": False,
         "python_version": "3.13",
         "system_packages": "libxml2, libxslt1.1",
         "build_packages": "build-essential,libxml2-dev, libxslt1-dev",
-        "workers": "64",
+        "workers": "256",
         "port": "65535",
     },
 }
@@ -111,9 +118,40 @@ def test_pyproject_and_lockfile(project):
     assert "dev" in pyproject["dependency-groups"]
     assert (project / "uv.lock").is_file()
     answers = (project / ".copier-answers.yml").read_text()
+    sqlite = "migrations: true" in answers and "database: sqlite" in answers
     for question in QUESTIONS:
-        if question != "database" or "migrations: true" in answers:
-            assert f"\n{question}:" in answers, f"{question} is not in the answers file"
+        asked = {
+            "database": "migrations: true" in answers,
+            "kubernetes": not sqlite,  # not asked with SQLite migrations
+            "azure": not sqlite,
+        }.get(question, True)
+        assert (f"\n{question}:" in answers) == asked, (
+            f"{question} in the answers file: {not asked}"
+        )
+
+
+def test_description_and_python_version_land_as_answered(project):
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["description"] == answers["description"]
+    package = project / "src" / answers["package_name"]
+    assert (
+        ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        == answers["description"]
+    )
+    readme = (project / "README.md").read_text()
+    assert f"\n\n{answers['description']}\n\n" in readme
+    if answers["framework"] == "fastapi":
+        app = ast.parse((package / "app.py").read_text())
+        keywords = {
+            keyword.arg: ast.literal_eval(keyword.value)
+            for node in ast.walk(app)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "FastAPI"
+            for keyword in node.keywords
+        }
+        assert keywords["description"] == answers["description"]
+    # uv takes the version in .python-version, not the newest it finds
+    assert (project / ".python-version").read_text() == f"{answers['python_version']}\n"
 
 
 def test_conditional_files(project):
@@ -133,8 +171,9 @@ def test_conditional_files(project):
         ("kubernetes", "deploy/kubernetes/deployment.yaml"),
     ]:
         assert (project / path).exists() == (f"{question}: true" in answers), path
+    azure = re.search(r"^azure: (?!none)", answers, re.MULTILINE) is not None
     for path in ("azure.yaml", "infra/main.bicep"):
-        assert (project / path).exists() == ("azure: none" not in answers), path
+        assert (project / path).exists() == azure, path
     migrate_job = project / "deploy/kubernetes/migrate/job.yaml"
     assert migrate_job.exists() == (has_migrations and "kubernetes: true" in answers)
 

@@ -305,3 +305,17 @@ def test_update_hook_runs_only_after_the_merge():
     assert "_copier_operation == 'copy'" in tasks
     migrations = copier_yml.split("_migrations:", 1)[1].split("\n_", 1)[0]
     assert "after_update.py" in migrations and "_stage == 'after'" in migrations
+
+
+@pytest.mark.slow
+def test_kubernetes_project_on_postgresql_updates_with_defaults(template_repo, tmp_path):
+    """The kubernetes question is asked only where it can run; a project that has it keeps it."""
+    project = make_project(
+        template_repo, "2.0.0", tmp_path / "service", "database=postgresql", "kubernetes=true"
+    )
+    result = update(project, "2.1.0")
+    assert "No conflicts" in result.stdout
+    assert "kubernetes: true" in (project / ".copier-answers.yml").read_text()
+    assert (project / "deploy" / "kubernetes" / "migrate" / "job.yaml").is_file()
+    changed = git("status", "--porcelain", cwd=project).split("\n")
+    assert [line for line in changed if line] == [" M .copier-answers.yml"]
