@@ -142,20 +142,21 @@ def load_rows(framework: str, measured: dict) -> list[Row]:
 
 
 def feature_rows(framework: str, measured: dict) -> list[Row]:
-    """Each feature against the same service without it: /health req/s at one worker."""
+    """Each feature against the same service without it: /health at one worker."""
     label = LABELS[framework]
     runs = measured["runs"]
     rows = []
-    for name, measure, baseline, baseline_label, target in FEATURE_ROWS:
+    for name, measure, baseline, baseline_label, key, target in FEATURE_ROWS:
         if name in runs and baseline in runs:
+            metric, unit = ("req/s", "req/s") if key == "requests_per_s" else ("p99", "ms")
             rows.append(
                 Row(
-                    f"{label} `/health` req/s, 1 worker: {measure}",
-                    _median_run(runs[name]["/health"], "requests_per_s"),
+                    f"{label} `/health` {metric}, 1 worker: {measure}",
+                    _median_run(runs[name]["/health"], key),
                     baseline_label,
-                    _median_run(runs[baseline]["/health"], "requests_per_s"),
-                    "req/s",
-                    (">=", target) if target else None,
+                    _median_run(runs[baseline]["/health"], key),
+                    unit,
+                    target,
                 )
             )
     return rows
