@@ -235,7 +235,12 @@ def prepare(framework: str, workdir: Path, vcs_ref: str) -> dict:
 
 
 def measure_load(
-    specs: dict[str, ServerSpec], workers: int, args, logs: Path, routes: tuple[str, ...] = ROUTES
+    specs: dict[str, ServerSpec],
+    workers: int,
+    args,
+    logs: Path,
+    routes: tuple[str, ...] = ROUTES,
+    rounds: int | None = None,
 ) -> dict:
     """Alternating wrk runs against every configuration, all started and booted beforehand.
 
@@ -254,7 +259,7 @@ def measure_load(
             server.wait_booted()
             for route in routes:  # warm-up, not recorded
                 load.wrk(server.url(route), 1, connections, load_cpu)
-        for round_number in range(1, args.rounds + 1):
+        for round_number in range(1, (rounds or args.rounds) + 1):
             for name, server in servers.items():
                 server.wait_booted()
                 for route in routes:
@@ -317,7 +322,10 @@ def run_framework(framework: str, args, workdir: Path, vcs_ref: str) -> dict:
         specs = features.specs(framework, prepared["render"], work, vcs_ref, generated_spec)
         say(f"{framework}: features, /health at one worker: {', '.join(specs)}")
         with features.otlp_sink(LOAD_CPU):
-            result["features"] = measure_load(specs, 1, args, logs, routes=("/health",))
+            # Twice the rounds: a feature's cost is a few per cent, the machine's noise as much.
+            result["features"] = measure_load(
+                specs, 1, args, logs, routes=("/health",), rounds=2 * args.rounds
+            )
     if "cold-start" not in args.skip:
         say(f"{framework}: cold starts, {COLD_START_WORKERS} workers each")
         result["cold_start"] = measure_cold_starts(prepared["cold"], args.rounds, logs)
