@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -73,6 +74,34 @@ def _layer_sizes(env: dict[str, str], image: str) -> list[int]:
     return [int(size) for size in listed.split()]
 
 
+def _layers(env: dict[str, str], image: str) -> dict[str, int]:
+    """The image's layers: the digest of each (its diff id) and the bytes of its tar.
+
+    The sizes come from `docker save`, whose layer tars are listed in manifest.json in the
+    order of the image's RootFS layers.
+    """
+    listed = _docker(env, "image", "inspect", "--format", "{{json .RootFS.Layers}}", image)
+    diff_ids = json.loads(listed)
+    sizes: dict[str, int] = {}
+    manifest = None
+    saving = subprocess.Popen(["docker", "save", image], env=env, stdout=subprocess.PIPE)
+    with saving, tarfile.open(fileobj=saving.stdout, mode="r|") as archive:
+        for member in archive:
+            if member.name.endswith("layer.tar"):
+                sizes[member.name] = member.size
+            elif member.name == "manifest.json":
+                manifest = json.load(archive.extractfile(member))
+    if saving.returncode != 0 or manifest is None:
+        raise RuntimeError(f"docker save {image} failed ({saving.returncode})")
+    tars = manifest[0]["Layers"]
+    return {diff_id: sizes.get(tar, 0) for diff_id, tar in zip(diff_ids, tars, strict=True)}
+
+
+def changed_bytes(before: dict[str, int], after: dict[str, int]) -> int:
+    """The bytes of the layers an image has that the one before it has not: what a push sends."""
+    return sum(size for diff_id, size in after.items() if diff_id not in before)
+
+
 def runtime_base(dockerfile: Path) -> str:
     """The image the last stage starts FROM."""
     froms = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.MULTILINE)
@@ -101,7 +130,8 @@ def _cache_mount_records(env: dict[str, str]) -> set[str]:
 
 
 def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -> dict:
-    """An empty-cache build, then rebuilds after changes to app.py only; sizes and times.
+    """An empty-cache build, then rebuilds after changes to app.py only; sizes and times, and
+    the bytes of the layers each rebuild changed.
 
     The empty-cache build is `--no-cache` with cache mounts of its own (see own_cache_mounts).
     The base images are on the machine already: on a fresh machine they are pulled too, so the
@@ -120,13 +150,17 @@ def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -
         base = runtime_base(context / "Dockerfile")
         base_sizes = _layer_sizes(env, base)
         added = sum(image_sizes[: len(image_sizes) - len(base_sizes)])
+        layers = _layers(env, tag)
         rebuilds_s = []
+        changed = []
         for number in range(1, REBUILDS + 1):
             app.write_text(
                 app.read_text() + f"\n# Application-code change {number}, by the bench.\n"
             )
             rebuilds_s.append(_build(env, context, tag))
             built.append(_image_id(env, tag))
+            layers, before = _layers(env, tag), layers
+            changed.append(changed_bytes(before, layers))
     finally:
         # The images go, and so do this run's own cache mounts; cached layers stay, as after
         # any build.
@@ -143,4 +177,5 @@ def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -
         "added_bytes": added,
         "empty_cache_build_s": empty_cache_s,
         "rebuilds_after_app_change_s": rebuilds_s,
+        "changed_layer_bytes": changed,
     }

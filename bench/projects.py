@@ -11,6 +11,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 # Copier from the environment that runs the bench: the template's own dev tools.
 COPIER = Path(sys.executable).parent / "copier"
@@ -75,9 +77,23 @@ def copier_update_time(project: Path, vcs_ref: str) -> float:
     return time.perf_counter() - started
 
 
+def questions(vcs_ref: str) -> set[str]:
+    """The questions of the template's copier.yml at this version ('HEAD': the working tree)."""
+    if vcs_ref == "HEAD":
+        text = (ROOT / "copier.yml").read_text()
+    else:
+        text = run(["git", "show", f"{vcs_ref}:copier.yml"], ROOT)
+    return {name for name in yaml.safe_load(text) if not name.startswith("_")}
+
+
 def sync(project: Path) -> Path:
-    """`uv sync --locked` in the render; the Python of its virtual environment."""
-    run(["uv", "sync", "--locked", "--quiet"], project)
+    """`uv sync --locked` in the render; the Python of its virtual environment.
+
+    As in the image: without the development tools (their packages change what some imports
+    load), compiled to bytecode (without it, and with PYTHONDONTWRITEBYTECODE set, as on many
+    machines, every start would compile the packages it imports).
+    """
+    run(["uv", "sync", "--locked", "--no-dev", "--quiet", "--compile-bytecode"], project)
     return project / ".venv" / "bin" / "python"
 
 
@@ -103,7 +119,10 @@ def baseline_venv(project: Path, destination: Path, requirements: list[str]) -> 
     run(["uv", "venv", "--quiet", "--python", render_python, destination], project)
     python = destination / "bin" / "python"
     run(
-        ["uv", "pip", "install", "--quiet", "--python", python, "-c", constraints, *requirements],
+        [
+            *("uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", python),
+            *("-c", constraints, *requirements),
+        ],
         project,
     )
     return python

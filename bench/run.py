@@ -23,14 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import features
 import load
 import projects
 import report
 from images import docker_env, measure_image
-from servers import Server, ServerSpec, time_to_first_200
+from servers import Server, ServerSpec, free_port, time_to_first_200
 
 FRAMEWORKS = ("fastapi", "flask")
-SECTIONS = ("copier", "load", "cold-start", "images")
+SECTIONS = ("copier", "load", "features", "cold-start", "images")
 ROUTES = ("/health", "/io")
 APPS = Path(__file__).resolve().with_name("apps")
 RESULTS = Path(__file__).resolve().with_name("results")
@@ -93,17 +94,36 @@ def minimal_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def generated_spec(framework: str, render: Path, data: Path, migrate: bool) -> ServerSpec:
-    """The render through its entrypoint.sh, default settings but the worker count and port."""
+def generated_spec(
+    framework: str,
+    render: Path,
+    data: Path,
+    migrate: bool,
+    database: Path | None = None,
+    name: str = "generated",
+    **settings: str,
+) -> ServerSpec:
+    """The render through its entrypoint.sh, default settings but the worker count and port.
+
+    The database is a new SQLite file for each start, or `database` for all of them; `settings`
+    are further environment variables.
+    """
+
+    own_metrics_port = features.knows(render, "METRICS_PORT") and "METRICS_PORT" not in settings
 
     def argv(workers: int, port: int) -> list[str]:
+        # Its own metrics port for each server, on when the render has metrics: several servers
+        # run side by side.
+        metrics = [f"METRICS_PORT={free_port()}"] if own_metrics_port else []
         # `env` and the entrypoint exec: the started pid ends up being gunicorn's master.
         return [
             "env",
             f"PORT={port}",
             f"GUNICORN_WORKERS={workers}",
-            f"DATABASE_URL=sqlite:///{data / f'{port}.sqlite3'}",
+            f"DATABASE_URL=sqlite:///{database or data / f'{port}.sqlite3'}",
             f"RUN_MIGRATIONS={1 if migrate else 0}",
+            *metrics,
+            *(f"{key}={value}" for key, value in settings.items()),
             "./entrypoint.sh",
             f"{framework}_with_io:app",
         ]
@@ -111,7 +131,7 @@ def generated_spec(framework: str, render: Path, data: Path, migrate: bool) -> S
     venv_bin = render / ".venv" / "bin"
     path = f"{venv_bin}{os.pathsep}{os.environ['PATH']}"
     env = minimal_env(render, PATH=path, PYTHONPATH=str(APPS))
-    return ServerSpec("generated", argv, render, env)
+    return ServerSpec(name, argv, render, env)
 
 
 def recipe_spec(framework: str, venv: Path, render: Path) -> ServerSpec:
@@ -191,6 +211,7 @@ def prepare(framework: str, workdir: Path, vcs_ref: str) -> dict:
     data = workdir / "data"
     data.mkdir()
     say(f"{framework}: rendered in {copy_s:.1f} s, installed, baselines built")
+    migrated = data / "migrated.sqlite3"
     return {
         "render": render,
         "versions": versions,
@@ -203,12 +224,24 @@ def prepare(framework: str, workdir: Path, vcs_ref: str) -> dict:
             "recipe": recipe_spec(framework, venvs["recipe"], render),
             "raw": raw_spec(framework, venvs["raw"], render),
             "generated": generated_spec(framework, render, data, migrate=False),
+            # Every start after the first: the database is migrated already.
+            "generated_migrations_restart": generated_spec(
+                framework, render, data, migrate=True, database=migrated
+            ),
+            # The first start: a new SQLite file each time.
             "generated_migrations": generated_spec(framework, render, data, migrate=True),
         },
     }
 
 
-def measure_load(specs: dict[str, ServerSpec], workers: int, args, logs: Path) -> dict:
+def measure_load(
+    specs: dict[str, ServerSpec],
+    workers: int,
+    args,
+    logs: Path,
+    routes: tuple[str, ...] = ROUTES,
+    rounds: int | None = None,
+) -> dict:
     """Alternating wrk runs against every configuration, all started and booted beforehand.
 
     One worker: server on one core, wrk on the other. Two workers: no pinning, more connections.
@@ -217,19 +250,19 @@ def measure_load(specs: dict[str, ServerSpec], workers: int, args, logs: Path) -
     server_cpu, load_cpu = (SERVER_CPU, LOAD_CPU) if pinned else (None, None)
     connections = args.connections if workers == 1 else args.many_connections
     servers = {}
-    runs = {name: {route: [] for route in ROUTES} for name in specs}
+    runs = {name: {route: [] for route in routes} for name in specs}
     memory = {name: [] for name in specs}
     try:
         for name, spec in specs.items():
             servers[name] = Server(spec, workers, logs / f"{name}-{workers}w.log", server_cpu)
         for server in servers.values():
             server.wait_booted()
-            for route in ROUTES:  # warm-up, not recorded
+            for route in routes:  # warm-up, not recorded
                 load.wrk(server.url(route), 1, connections, load_cpu)
-        for round_number in range(1, args.rounds + 1):
+        for round_number in range(1, (rounds or args.rounds) + 1):
             for name, server in servers.items():
                 server.wait_booted()
-                for route in ROUTES:
+                for route in routes:
                     url = server.url(route)
                     runs[name][route].append(load.wrk(url, args.duration, connections, load_cpu))
                 memory[name].append(server.memory())
@@ -250,6 +283,8 @@ def measure_load(specs: dict[str, ServerSpec], workers: int, args, logs: Path) -
 
 
 def measure_cold_starts(specs: dict[str, ServerSpec], rounds: int, logs: Path) -> dict:
+    # Not recorded: the first start migrates the database that the restarts find migrated.
+    time_to_first_200(specs["generated_migrations_restart"], COLD_START_WORKERS, logs / "warm.log")
     times = {name: [] for name in specs}
     for _ in range(rounds):
         for name, spec in specs.items():
@@ -283,6 +318,14 @@ def run_framework(framework: str, args, workdir: Path, vcs_ref: str) -> dict:
         for workers in (1, 2):
             say(f"{framework}: load, {workers} worker(s) each")
             result["load"][str(workers)] = measure_load(prepared["load"], workers, args, logs)
+    if "features" not in args.skip:
+        specs = features.specs(framework, prepared["render"], work, vcs_ref, generated_spec)
+        say(f"{framework}: features, /health at one worker: {', '.join(specs)}")
+        with features.otlp_sink(LOAD_CPU):
+            # Twice the rounds: a feature's cost is a few per cent, the machine's noise as much.
+            result["features"] = measure_load(
+                specs, 1, args, logs, routes=("/health",), rounds=2 * args.rounds
+            )
     if "cold-start" not in args.skip:
         say(f"{framework}: cold starts, {COLD_START_WORKERS} workers each")
         result["cold_start"] = measure_cold_starts(prepared["cold"], args.rounds, logs)

@@ -155,6 +155,12 @@ def start(image: Image) -> AbstractContextManager[Container]:
     return container(image.tag, port, *options, GUNICORN_WORKERS="2")
 
 
+def layers(tag: str) -> list[str]:
+    """The digests of the image's layers, oldest first."""
+    listed = docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", tag).stdout
+    return json.loads(listed)
+
+
 def image_config(tag: str) -> dict:
     return json.loads(docker("image", "inspect", "--format", "{{json .Config}}", tag).stdout)
 
@@ -291,6 +297,12 @@ def test_a_change_of_code_alone_reuses_the_dependency_layer(images):
 
     steps = build_steps(image.build_log)
     assert "CACHED" in the_step(steps, "--no-install-project")
+    # What a push sends again: the layer of the project's own files (and the build check's,
+    # which writes nothing), not the dependencies' or any before them.
+    before, after = layers(images.get(DEFAULTS).tag), layers(image.tag)
+    assert len(before) == len(after)
+    assert after[:-2] == before[:-2]
+    assert after[-2] != before[-2]
     # The project itself is built and installed again, alone; nothing is downloaded.
     project_sync = the_step(steps, "uv sync", without="--no-install-project")
     installed = [m[1] for line in project_sync if (m := re.match(r"[\d.]+\s+\+ (\S+)", line))]

@@ -163,6 +163,7 @@ def test_conditional_files(project):
     has_migrations = "migrations: true" in answers
     package = next((project / "src").iterdir())
     assert (package / "migrate.py").exists() == has_migrations
+    assert (package / "revision.py").exists() == has_migrations
     assert (package / "migrations" / "versions").is_dir() == has_migrations
     assert (project / "alembic.ini").exists() == has_migrations
     for question, path in [
