@@ -14,16 +14,18 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Self
 
 import pytest
 
-from support import Service, free_port, project_env, render, sync
+import service_support
+from service_support import renders_on_first_use
+from support import Service
 
 pytestmark = pytest.mark.slow
 
@@ -56,46 +58,21 @@ else:
 
 @pytest.fixture(scope="module")
 def projects(copie_session) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(framework: str) -> Path:
-        if framework not in made:
-            project = render(copie_session, **RENDERS[framework])
-            sync(project)
-            (project / "failing_app.py").write_text(FAILING_APP.lstrip())
-            made[framework] = project
-        return made[framework]
-
-    return get
+    """One synced render per framework, made on first use, with failing_app.py beside the app."""
+    return renders_on_first_use(
+        copie_session, RENDERS, "failing_app", dict.fromkeys(RENDERS, FAILING_APP)
+    )
 
 
-@contextlib.contextmanager
-def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> Iterator[Service]:
-    """The service through ./entrypoint.sh with two workers, stopped (SIGTERM) afterwards."""
-    port = free_port()
+def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> AbstractContextManager:
+    """The service through ./entrypoint.sh with two workers and a short head deadline."""
     settings = {
         "GUNICORN_WORKERS": "2",
         "HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'edge.sqlite3'}",
-        "METRICS_PORT": str(free_port()),  # not the default: tests run at once
         **env,
     }
-    log = tmp_path / "service.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            ["./entrypoint.sh", *args],
-            cwd=project,
-            env=project_env(project, PORT=str(port), **settings),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(project=project, port=port, process=process, log=log, env=settings)
-    try:
-        service.wait_healthy()
-        yield service
-    finally:
-        if service.process.poll() is None:
-            service.stop(timeout=40)
+    return service_support.serving(project, tmp_path, *args, **settings)
 
 
 def connect(service: Service, timeout: float = 10) -> socket.socket:

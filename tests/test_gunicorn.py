@@ -18,21 +18,21 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
 import pytest
 
 from docker_support import PREFIX, build, container, need_docker, remove_images
-from support import (
-    Service,
-    free_port,
-    http_get,
-    project_env,
-    render,
-    sync,
+from service_support import (
+    Load,
+    children,
+    renders_on_first_use,
+    serving,
+    wait_for,
+    workers_settle,
 )
+from support import free_port, http_get, project_env
 
 RENDERS = {
     # The default render: FastAPI, SQLite migrations, workers 'auto'.
@@ -74,73 +74,8 @@ def slow() -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def projects(copie_session) -> Callable[[str], Path]:
-    """One synced render per framework, made on first use."""
-    made: dict[str, Path] = {}
-
-    def get(framework: str) -> Path:
-        if framework not in made:
-            project = render(copie_session, **RENDERS[framework])
-            sync(project)
-            (project / "slow_app.py").write_text(SLOW_APP[framework].lstrip())
-            made[framework] = project
-        return made[framework]
-
-    return get
-
-
-def start(project: Path, tmp_path: Path, *args: str, **env: str) -> Service:
-    """./entrypoint.sh ARGS with the render's venv first on PATH; stdout and stderr apart."""
-    port = free_port()
-    env.setdefault("METRICS_PORT", str(free_port()))  # not the default: tests run at once
-    full_env = project_env(project, PORT=str(port), **env)
-    log = tmp_path / "stderr.log"
-    with log.open("w") as stderr, (tmp_path / "stdout.log").open("w") as stdout:
-        process = subprocess.Popen(
-            ["./entrypoint.sh", *args], cwd=project, env=full_env, stdout=stdout, stderr=stderr
-        )
-    return Service(project=project, port=port, process=process, log=log, env=env)
-
-
-@contextlib.contextmanager
-def serving(project: Path, tmp_path: Path, *args: str, **env: str) -> Iterator[Service]:
-    """A healthy service for the block, stopped afterwards if the test left it running (SIGTERM,
-    so that the master takes its workers along; SIGKILL after 30 s)."""
-    service = start(project, tmp_path, *args, **env)
-    try:
-        service.wait_healthy()
-        yield service
-    finally:
-        if service.process.poll() is None:
-            service.stop(timeout=30)
-
-
-def children(pid: int) -> set[int]:
-    """The processes whose parent is `pid` (gunicorn's workers, when pid is the master)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.add(int(stat.parent.name))
-    return found
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
-def workers_settle(service: Service, expected: int) -> set[int]:
-    """Wait until the master has `expected` workers; their pids."""
-    wait_for(
-        lambda: len(children(service.process.pid)) == expected,
-        30,
-        f"{expected} workers (have {len(children(service.process.pid))})\n{service.output()}",
-    )
-    return children(service.process.pid)
+    """One synced render per framework, made on first use, with slow_app.py beside the app."""
+    return renders_on_first_use(copie_session, RENDERS, "slow_app", SLOW_APP)
 
 
 def expected_auto_workers(cap: int = 12) -> int:
@@ -157,50 +92,6 @@ def expected_auto_workers(cap: int = 12) -> int:
             break
         directory = directory.parent
     return min(2 * cpus + 1, cap)
-
-
-class Load:
-    """Threads that GET a URL again and again until stopped or out of requests; counts."""
-
-    def __init__(self, url: str, clients: int = 4, max_requests: int = 2000) -> None:
-        self.url = url
-        self.ok = 0
-        self.failures: list[str] = []
-        self.left = max_requests
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-
-    def _client(self) -> None:
-        while not self.stopping.is_set():
-            with self.lock:
-                if self.left == 0:
-                    return
-                self.left -= 1
-            try:
-                status, _ = http_get(self.url, timeout=10)
-                error = None if status == 200 else f"status {status}"
-            except (OSError, http.client.HTTPException) as exc:
-                # A response cut off by the killed worker is an HTTPException (IncompleteRead).
-                error = repr(exc)
-            with self.lock:
-                if error:
-                    self.failures.append(error)
-                else:
-                    self.ok += 1
-
-    def __enter__(self) -> Self:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def wait_until(self, count: int, timeout: float = 30) -> None:
-        wait_for(lambda: self.ok + len(self.failures) >= count, timeout, f"{count} requests")
 
 
 # ---------------------------------------------------------------- 1. worker counts

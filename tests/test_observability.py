@@ -29,10 +29,18 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
-from test_gunicorn import Load, children, serving, start, wait_for, workers_settle
 
 from docker_support import PREFIX, build, container, need_docker, remove_images
-from support import free_port, http_get, project_env, render, sync
+from service_support import (
+    Load,
+    children,
+    renders_on_first_use,
+    serving,
+    start,
+    wait_for,
+    workers_settle,
+)
+from support import free_port, http_get, project_env
 
 FRAMEWORKS = pytest.mark.parametrize("framework", ["fastapi", "flask"])
 RENDERS = {
@@ -99,17 +107,8 @@ def fails() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def projects(copie_session) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(framework: str) -> Path:
-        if framework not in made:
-            project = render(copie_session, **RENDERS[framework])
-            sync(project)
-            (project / "test_app.py").write_text(TEST_APP[framework].lstrip())
-            made[framework] = project
-        return made[framework]
-
-    return get
+    """One synced render per framework, made on first use, with test_app.py beside the app."""
+    return renders_on_first_use(copie_session, RENDERS, "test_app", TEST_APP)
 
 
 # ---------------------------------------------------------------- metrics
