@@ -18,9 +18,9 @@ from support import Service, free_port, http_get, project_env, render, sync
 
 
 def renders_on_first_use(
-    copie, renders: dict[str, dict], module: str, sources: dict[str, str]
+    copie, renders: dict[str, dict], module: str = "", sources: dict[str, str] | None = None
 ) -> Callable[[str], Path]:
-    """One synced render per name of `renders`, made on first use, with a test-only module
+    """One synced render per name of `renders`, made on first use; with `module`, a test-only
     `module`.py beside the app (its source for that name): the service's app plus routes a
     test needs. A positional APP_MODULE given to entrypoint.sh serves it instead of wsgi_app."""
     made: dict[str, Path] = {}
@@ -29,7 +29,8 @@ def renders_on_first_use(
         if name not in made:
             project = render(copie, **renders[name])
             sync(project)
-            (project / f"{module}.py").write_text(sources[name].lstrip())
+            if module:
+                (project / f"{module}.py").write_text(sources[name].lstrip())
             made[name] = project
         return made[name]
 

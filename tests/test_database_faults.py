@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 from pg_cluster import Cluster, own_cluster
 
-from support import Service, render, running, sync
+from service_support import renders_on_first_use
+from support import Service, running
 
 pytestmark = pytest.mark.slow
 
@@ -53,15 +54,8 @@ OUTAGE_LINE = "database unavailable, answered 503"
 
 @pytest.fixture(scope="module")
 def project(copie_session) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = render(copie_session, **RENDERS[name])
-            sync(made[name])
-        return made[name]
-
-    return get
+    """A synced render per name of RENDERS, made once per module on first use."""
+    return renders_on_first_use(copie_session, RENDERS)
 
 
 @pytest.fixture(scope="module")

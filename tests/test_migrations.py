@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import postgres_support
 import pytest
 
+from service_support import renders_on_first_use
 from support import (
     TOOLS,
     Service,
@@ -38,10 +39,8 @@ from support import (
     http_get,
     need,
     port_is_open,
-    render,
     run,
     start_service,
-    sync,
     uv,
 )
 
@@ -129,15 +128,7 @@ SLACK = 30  # starting Python and its imports on a shared, noisy machine
 @pytest.fixture(scope="module")
 def project(copie_session) -> Callable[[str], Path]:
     """A synced render per name of RENDERS, made once per module on first use."""
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = render(copie_session, **RENDERS[name])
-            sync(made[name])
-        return made[name]
-
-    return get
+    return renders_on_first_use(copie_session, RENDERS)
 
 
 @pytest.fixture(scope="session")
