@@ -240,6 +240,12 @@ def test_totals_are_exact_while_workers_are_recycled(projects, tmp_path, framewo
         workers_settle(service, 2)
         expected = before + load.ok
         wait_for(lambda: health_requests(metrics_port) == expected, 5, f"{expected} requests")
+        # FastAPI's workers write their active requests' gauge within 50 ms of a change.
+        wait_for(
+            lambda: value(scrape(metrics_port), "http_server_active_requests") == 0,
+            5,
+            "no active request",
+        )
         families = scrape(metrics_port)
         replaced = booted() - 2
 
