@@ -39,16 +39,19 @@ class Comparison(NamedTuple):
 
 
 EDGE = "with the edge (limits, timeouts)"
+METRICS = "with metrics (METRICS_PORT default)"
 ROWS = (
     Comparison("generated", EDGE, "no-edge", "plain worker class", target=(">=", 0.97)),
     Comparison("generated", EDGE, "no-edge", "plain worker class", metric="p99_ms"),
+    Comparison("generated", EDGE, "no-edge", "plain worker class", metric="cpu_us_per_request"),
     Comparison(
         "generated",
-        "with metrics (METRICS_PORT default)",
+        METRICS,
         "no-metrics",
         "METRICS_PORT=0",
         target=(">=", 0.95),
     ),
+    Comparison("generated", METRICS, "no-metrics", "METRICS_PORT=0", metric="cpu_us_per_request"),
     Comparison("tracing-off", "tracing installed, no exporter", "generated", "without tracing"),
     Comparison("tracing-on", "tracing on, 100 % sampled, OTLP to a sink", "generated", "without"),
 )

@@ -46,6 +46,12 @@ MIGRATIONS_TARGET = ("<=", 1.5)  # migrations on a new SQLite database, against 
 REBUILD_TARGET = ("<=", 0.3)  # rebuild after an app change, against an empty-cache build
 CHANGED_LAYERS_TARGET = ("<=", 1e6)  # bytes of layers that differ after an app change
 CHART = "requests_per_second.png"
+# A feature row's measure: its name in the table and its unit.
+METRIC_NAMES = {
+    "requests_per_s": ("req/s", "req/s"),
+    "p99_ms": ("p99", "ms"),
+    "cpu_us_per_request": ("server CPU per request", "µs"),
+}
 
 
 @dataclass
@@ -152,7 +158,9 @@ def feature_rows(framework: str, measured: dict) -> list[Row]:
     rows = []
     for name, measure, baseline, baseline_label, key, target in FEATURE_ROWS:
         if name in runs and baseline in runs:
-            metric, unit = ("req/s", "req/s") if key == "requests_per_s" else ("p99", "ms")
+            metric, unit = METRIC_NAMES[key]
+            if key not in runs[name]["/health"][0]:
+                continue  # a run from before the bench measured it
             rows.append(
                 Row(
                     f"{label} `/health` {metric}, 1 worker: {measure}",

@@ -41,6 +41,7 @@ COLD_START_WORKERS = 2
 COPIER_ROUNDS = 3
 # One-worker runs: the server on one core, wrk on the other, so they do not take turns.
 LOAD_CPU, SERVER_CPU = 1, 0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 started_at = time.monotonic()
 
@@ -264,7 +265,13 @@ def measure_load(
                 server.wait_booted()
                 for route in routes:
                     url = server.url(route)
-                    runs[name][route].append(load.wrk(url, args.duration, connections, load_cpu))
+                    ticks = server.cpu_ticks()
+                    run = load.wrk(url, args.duration, connections, load_cpu)
+                    # The server's own CPU time per request: what the machine's drift, which
+                    # moves throughput between rounds, changes little.
+                    seconds = (server.cpu_ticks() - ticks) / CLOCK_TICKS
+                    run["cpu_us_per_request"] = seconds * 1e6 / max(run["requests"], 1)
+                    runs[name][route].append(run)
                 memory[name].append(server.memory())
             rates = ", ".join(
                 f"{name} {runs[name]['/health'][-1]['requests_per_s']:.0f}" for name in specs

@@ -119,6 +119,11 @@ class Server:
         # uvicorn's spawned workers come with multiprocessing's resource tracker: not a worker.
         return [p for p in children(self.process.pid) if "resource_tracker" not in _cmdline(p)]
 
+    def cpu_ticks(self) -> int:
+        """CPU time (user and system, in clock ticks) of the master and its workers so far."""
+        pids = {self.process.pid, *self.worker_pids()}
+        return sum(max(cpu_ticks(pid), 0) for pid in pids)
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
