@@ -92,11 +92,10 @@ def workers_settle(service: Service, expected: int) -> set[int]:
     return children(service.process.pid)
 
 
-class Load:
-    """Threads that GET a URL again and again until stopped or out of requests; counts."""
+class ClientThreads:
+    """Threads running `_client` until stopped or out of requests, with what they counted."""
 
-    def __init__(self, url: str, clients: int = 4, max_requests: int = 2000) -> None:
-        self.url = url
+    def __init__(self, clients: int, max_requests: int) -> None:
         self.ok = 0
         self.failures: list[str] = []
         self.left = max_requests
@@ -105,11 +104,36 @@ class Load:
         self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
 
     def _client(self) -> None:
-        while not self.stopping.is_set():
-            with self.lock:
-                if self.left == 0:
-                    return
-                self.left -= 1
+        raise NotImplementedError
+
+    def _take_one(self) -> bool:
+        """One request more for a thread to make; False when they are all made or stopping."""
+        with self.lock:
+            if self.stopping.is_set() or self.left == 0:
+                return False
+            self.left -= 1
+            return True
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+class Load(ClientThreads):
+    """Threads that GET a URL again and again until stopped or out of requests; counts."""
+
+    def __init__(self, url: str, clients: int = 4, max_requests: int = 2000) -> None:
+        super().__init__(clients, max_requests)
+        self.url = url
+
+    def _client(self) -> None:
+        while self._take_one():
             try:
                 status, _ = http_get(self.url, timeout=10)
                 error = None if status == 200 else f"status {status}"
@@ -121,16 +145,6 @@ class Load:
                     self.failures.append(error)
                 else:
                     self.ok += 1
-
-    def __enter__(self) -> Self:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
     def wait_until(self, count: int, timeout: float = 30) -> None:
         wait_for(lambda: self.ok + len(self.failures) >= count, timeout, f"{count} requests")

@@ -415,27 +415,18 @@ def test_health_routes_answer_get_and_head(projects, tmp_path, framework):
 # ---------------------------------------------------------------- 6. reload and stop lose nothing
 
 
-class KeepAliveClients:
+class KeepAliveClients(service_support.ClientThreads):
     """Clients that send requests one after another on kept-alive connections, reconnecting
     after a `Connection: close`, until a connection is refused or they are stopped."""
 
     def __init__(self, port: int, count: int = 20, max_requests: int = 100_000) -> None:
+        super().__init__(count, max_requests)
         self.port = port
-        self.ok = 0
         self.refused = 0
-        self.failures: list[str] = []
-        self.left = max_requests
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(count)]
 
     def _client(self) -> None:
         connection = None
-        while not self.stopping.is_set():
-            with self.lock:
-                if self.left == 0:
-                    return
-                self.left -= 1
+        while self._take_one():
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 try:
@@ -458,16 +449,6 @@ class KeepAliveClients:
                     self.failures.append(repr(error))
                 connection.close()
                 connection = None
-
-    def __enter__(self) -> Self:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 @FRAMEWORKS
