@@ -256,10 +256,14 @@ def test_requests_past_the_limits_are_refused_as_they_arrive(projects, tmp_path,
 
 
 class Trickle:
-    """Connections that send a request head one byte a second, for at most `seconds`."""
+    """Connections that send a request head one byte a second, for at most `seconds`; when
+    `kept_alive`, as the next request of a connection that had one answered."""
 
-    def __init__(self, service: Service, count: int, seconds: float) -> None:
+    def __init__(self, service: Service, count: int, seconds: float, kept_alive: bool) -> None:
         self.socks = [connect(service, timeout=2) for _ in range(count)]
+        for sock in self.socks if kept_alive else ():
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(sock)[0] == 200
         self.stop = threading.Event()
         self.seconds = seconds
         self.thread = threading.Thread(target=self._run)
@@ -300,11 +304,14 @@ class Trickle:
 
 
 @FRAMEWORKS
-def test_slow_clients_do_not_keep_a_normal_client_from_its_answer(projects, tmp_path, framework):
+@pytest.mark.parametrize("kept_alive", [False, True], ids=["new", "kept-alive"])
+def test_slow_clients_do_not_keep_a_normal_client_from_its_answer(
+    projects, tmp_path, framework, kept_alive
+):
     slow_clients = 300
     with (
         serving(projects(framework), tmp_path) as service,
-        Trickle(service, slow_clients, seconds=HEADER_TIMEOUT + 6) as slow,
+        Trickle(service, slow_clients, HEADER_TIMEOUT + 6, kept_alive) as slow,
     ):
         took = []
         for _ in range(6):
@@ -325,6 +332,62 @@ def test_slow_clients_do_not_keep_a_normal_client_from_its_answer(projects, tmp_
     assert "connection(s) that sent no complete request within 3 s" in log, log
     # Counted, not logged one by one.
     assert log.count("that sent no complete request") <= 4 * 2, log
+
+
+class Responses:
+    """The statuses of the responses on one connection, in order (pipelined ones too)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def status(self) -> int:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(
+            (
+                int(line.partition(b":")[2])
+                for line in lines
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(self.buffer) < length:
+            self._more()
+        self.buffer = self.buffer[length:]
+        return int(lines[0].split(b" ")[1])
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.buffer += data
+
+
+@FRAMEWORKS
+def test_a_kept_alive_connection_takes_requests_in_parts_and_pipelined(
+    projects, tmp_path, framework
+):
+    get = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+    note = b'{"text": "sent in parts"}'
+    post = b"POST /notes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    post += b"Content-Length: %d\r\n\r\n" % len(note)
+    with serving(projects(framework), tmp_path) as service, connect(service) as sock:
+        responses = Responses(sock)
+        sock.sendall(get)
+        assert responses.status() == 200
+        for part in (get[:7], get[7:20], get[20:]):  # the next head, in three parts
+            time.sleep(0.3)
+            sock.sendall(part)
+        assert responses.status() == 200
+        for part in (post, note):  # a body after its head
+            time.sleep(0.3)
+            sock.sendall(part)
+        assert responses.status() == 201
+        time.sleep(0.3)
+        sock.sendall(get + post + note + get)  # pipelined
+        assert [responses.status() for _ in range(3)] == [200, 201, 200]
 
 
 # ---------------------------------------------------------------- 3. errors are JSON
