@@ -318,8 +318,8 @@ def describe(results: dict) -> str:
         f"configuration: one worker each with {options['connections_one_worker']} connections "
         f"(server and wrk pinned to different cores), two workers each with "
         f"{options['connections_two_workers']} connections (not pinned). The features' rows "
-        f"(with the edge, metrics, tracing) take twice the rounds, and their ratio is the median "
-        f"of each round's ratio."
+        f"(with the edge, metrics, tracing) take three times the rounds, each round starting "
+        f"with the next configuration, and their ratio is the median of each round's ratio."
     )
     return f"{text} {results['note']}".strip()
 
