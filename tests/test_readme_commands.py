@@ -29,17 +29,18 @@ from test_update import GIT_IDENTITY, copy_working_tree
 
 from support import ROOT, TOOLS, free_port, http_get, port_is_open, tool_env
 
-# A block with a command that matches one of these is skipped, for the reason given: it needs
-# what this test does not have.
-SKIPPED = {
-    r"\bgh:": "needs GitHub",
-    r"\bgit push\b": "needs GitHub",
-    r"\bdocker\b": "needs Docker",
-    r"\bkubectl\b": "needs a Kubernetes cluster",
-    r"(^|[;&|(]\s*)azd? ": "needs Azure",
-    r"# needs ": "marked on its line",
-    r"\bbench/run\.py\b": "the benchmark: needs wrk, Docker and a quarter of an hour",
+# What a command needs that this test does not have is marked in the README: `# needs ...` on
+# its line, or as the first line of its block (then for the whole block). A command that names
+# one of these without a mark fails the test: the README must say what a reader needs.
+NEEDS_A_MARK = {
+    r"\bgh:": "GitHub",
+    r"\bgit push\b": "GitHub",
+    r"\bdocker\b": "Docker",
+    r"\bkubectl\b": "a Kubernetes cluster",
+    r"(^|[;&|(]\s*)azd? ": "Azure",
+    r"\bbench/run\.py\b": "wrk and Docker",
 }
+MARK = re.compile(r"#\s*(needs .*)$")
 # Sections of the template's README whose commands run in the checkout, not beside it.
 FROM_THE_CHECKOUT = ("Benchmarks", "Develop the template")
 # Servers: started, asked for /health, stopped.
@@ -49,27 +50,39 @@ CHECKOUT = "python-service-template"
 PROJECT = "my-service"
 
 
-def sh_blocks(markdown: str) -> list[list[str]]:
-    """The commands of each fenced sh block: continuation lines joined, comment lines left out."""
+class Block(list):
+    """The commands of a fenced sh block (continuation lines joined, comment lines left out)
+    and what the whole block needs, when its first line says so."""
+
+    needs: str | None = None
+
+
+def sh_blocks(markdown: str) -> list[Block]:
     blocks = []
     for body in re.findall(r"^```sh\n(.*?)^```$", markdown, re.DOTALL | re.MULTILINE):
-        commands, pending = [], ""
+        block, pending = Block(), ""
+        first = body.splitlines()[0] if body.strip() else ""
+        if first.startswith("#") and MARK.search(first):
+            block.needs = MARK.search(first).group(1)
         for line in body.splitlines():
             if line.endswith("\\"):
                 pending += line[:-1]
                 continue
             line, pending = pending + line, ""
             if line.strip() and not line.lstrip().startswith("#"):
-                commands.append(line)
-        blocks.append(commands)
+                block.append(line)
+        blocks.append(block)
     return blocks
 
 
-def skip_reason(block: list[str]) -> str | None:
-    for command in block:
-        for pattern, need in SKIPPED.items():
-            if re.search(pattern, command):
-                return f"{need}: {command}"
+def skip_reason(block: Block, command: str) -> str | None:
+    """Why `command` of `block` is not run (what its mark says it needs), None to run it."""
+    mark = MARK.search(command)
+    needs = block.needs or (mark.group(1) if mark else None)
+    if needs:
+        return f"{needs}: {command}"
+    for pattern, need in NEEDS_A_MARK.items():
+        assert not re.search(pattern, command), f"needs {need} but is not marked: {command}"
     return None
 
 
@@ -100,13 +113,12 @@ class Reader:
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
-    def run_block(self, block: list[str], cwd: Path) -> Path:
-        reason = skip_reason(block)
-        if reason:
-            self.skipped.append(reason)
-            return cwd
+    def run_block(self, block: Block, cwd: Path) -> Path:
         for command in block:
-            if any(server in command for server in SERVERS):
+            reason = skip_reason(block, command)
+            if reason:
+                self.skipped.append(reason)
+            elif any(server in command for server in SERVERS):
                 self.serve(command, cwd)
             else:
                 cwd = self.run(command, cwd)
@@ -233,7 +245,8 @@ def test_both_readmes_work_as_written(tmp_path):
     assert (project / ".copier-answers.yml").is_file(), "no project was made"
 
     for block in sh_blocks((project / "README.md").read_text()):
-        if "copier update" in " ".join(block) and not skip_reason(block):
+        updated = [c for c in block if "copier update" in c and not skip_reason(block, c)]
+        if updated:
             git("add", "-A", cwd=project, env=env)  # the reader commits their work, as it asks
             git("commit", "-qm", "Our work", cwd=project, env=env)
             updates += 1
@@ -254,6 +267,18 @@ def test_both_readmes_work_as_written(tmp_path):
         rf"^version_info = {re.escape(answers(project)['python_version'])}\.", venv, re.MULTILINE
     )
     print("ran:", *reader.ran, "skipped:", *reader.skipped, sep="\n")
+
+
+def test_a_command_is_skipped_by_its_mark_and_an_unmarked_need_fails():
+    (whole, lines) = sh_blocks(
+        "```sh\n# needs Docker\ndocker build .\n```\n"
+        "```sh\nuv sync\ngit push origin v1   # needs GitHub\n```\n"
+    )
+    assert skip_reason(whole, "docker build .") == "needs Docker: docker build ."
+    assert skip_reason(lines, "uv sync") is None
+    assert skip_reason(lines, lines[1]).startswith("needs GitHub")
+    with pytest.raises(AssertionError, match="needs Docker but is not marked"):
+        skip_reason(lines, "docker compose up")
 
 
 def test_the_message_after_copy_says_how_to_reach_postgresql(tmp_path):

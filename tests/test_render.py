@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_readme_commands import sh_blocks, skip_reason
 
 from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
 from workflow_support import check_workflows
@@ -208,3 +209,12 @@ def test_no_opentelemetry_sdk_unless_asked(project):
     assert ('name = "opentelemetry-sdk"' in (project / "uv.lock").read_text()) == tracing
     sources = "".join(path.read_text() for path in package.rglob("*.py"))
     assert ("opentelemetry" in sources) == tracing
+
+
+def test_readme_marks_what_its_commands_need(project):
+    """Each README command that needs GitHub, Docker, a cluster or Azure is marked as such:
+    skip_reason fails on one that is not (the README test skips by the marks)."""
+    marked = 0
+    for block in sh_blocks((project / "README.md").read_text()):
+        marked += sum(skip_reason(block, command) is not None for command in block)
+    assert marked >= 4, "the Docker, compose and release commands are marked"
