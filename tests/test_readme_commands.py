@@ -61,9 +61,9 @@ def sh_blocks(markdown: str) -> list[Block]:
     blocks = []
     for body in re.findall(r"^```sh\n(.*?)^```$", markdown, re.DOTALL | re.MULTILINE):
         block, pending = Block(), ""
-        first = body.splitlines()[0] if body.strip() else ""
-        if first.startswith("#") and MARK.search(first):
-            block.needs = MARK.search(first).group(1)
+        first = body.partition("\n")[0]
+        if first.startswith("#") and (mark := MARK.search(first)):
+            block.needs = mark.group(1)
         for line in body.splitlines():
             if line.endswith("\\"):
                 pending += line[:-1]
