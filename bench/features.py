@@ -59,7 +59,7 @@ ROWS = (
 
 def knows(render: Path, variable: str) -> bool:
     """Whether the render's settings read this environment variable."""
-    return any(variable in path.read_text() for path in render.glob("src/*/settings.py"))
+    return any(variable in path.read_text() for path in render.glob("src/*/core/settings.py"))
 
 
 def specs(

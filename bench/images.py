@@ -130,7 +130,7 @@ def _cache_mount_records(env: dict[str, str]) -> set[str]:
 
 
 def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -> dict:
-    """An empty-cache build, then rebuilds after changes to app.py only; sizes and times, and
+    """An empty-cache build, then rebuilds after changes to routes.py only; sizes and times, and
     the bytes of the layers each rebuild changed.
 
     The empty-cache build is `--no-cache` with cache mounts of its own (see own_cache_mounts).
@@ -140,7 +140,7 @@ def measure_image(env: dict[str, str], project: Path, workdir: Path, tag: str) -
     context = workdir / "image"
     shutil.copytree(project, context, ignore=shutil.ignore_patterns(".venv", ".git", "data"))
     own_cache_mounts(context / "Dockerfile", tag.replace(":", "-"))
-    app = next(context.glob("src/*/app.py"))
+    app = next(context.glob("src/*/routes.py"))
     mounts_before = _cache_mount_records(env)
     built = []
     try:

@@ -227,7 +227,7 @@ def image_rows(framework: str, measured: dict) -> list[Row]:
             f"{label} image: size added to `{measured['base']}`", measured["added_bytes"], unit="MB"
         ),
         Row(
-            f"{label} image: rebuild after an app.py change",
+            f"{label} image: rebuild after a routes.py change",
             statistics.median(measured["rebuilds_after_app_change_s"]),
             "`--no-cache` build",
             measured["empty_cache_build_s"],
@@ -237,7 +237,7 @@ def image_rows(framework: str, measured: dict) -> list[Row]:
         *(
             [
                 Row(
-                    f"{label} image: layers that differ after an app.py change",
+                    f"{label} image: layers that differ after a routes.py change",
                     statistics.median(measured["changed_layer_bytes"]),
                     unit="MB",
                     target=CHANGED_LAYERS_TARGET,

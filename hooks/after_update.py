@@ -1,8 +1,11 @@
-"""Copier migration task, after every update: refresh uv.lock (and requirements.txt), report
-conflicts.
+"""Copier migration task, after every update: keep the migrations, bring the team's files
+that nobody edited up to the release, refresh uv.lock (and requirements.txt), report conflicts.
 
 Copier runs it in the project's folder once the update is merged (the `_stage == 'after'`
-entry of `_migrations`). Copier exits 0 even when it left conflicts, so this hook lists every
+entry of `_migrations`). The team's files (copier.yml's `_skip_if_exists`: routes, tables,
+their tests, the README) are never rewritten by Copier once they exist; those still as the
+previous release made them follow the new one, so that the example (or a framework chosen
+anew) is not left behind. Copier exits 0 even when it left conflicts, so this hook lists every
 file with conflict markers or a .rej file and says what to do. It exits 0 itself: the update
 happened, and what is left is the user's to review.
 """
@@ -14,9 +17,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import yaml
 from export import REQUIREMENTS, write_requirements
+from renders import TEMPLATE, render, team_owned
 
 MARKERS = (b"<<<<<<< ", b">>>>>>> ")
 SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -91,8 +97,73 @@ def refresh_lock(uv: str | None, conflicted: list[str]) -> None:
         print("uv.lock: `uv lock` failed (see above); fix pyproject.toml and run it again.")
 
 
+def restore_migrations() -> None:
+    """Put back every migration the update removed (a release, or an answer such as
+    example=false, that no longer renders it): a database may have applied it, and later
+    migrations revise it."""
+    git = shutil.which("git")
+    if git is None:
+        return
+    listed = subprocess.run(
+        [git, "ls-files", "--deleted", "--", "src/*/migrations/versions/*.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    deleted = listed.stdout.split()
+    if listed.returncode == 0 and deleted:
+        subprocess.run([git, "checkout", "--", *deleted], check=False)
+        print(f"Kept the migrations the update would have removed: {', '.join(deleted)}.")
+
+
+def follow_the_template(root: Path) -> None:
+    """The team's files as the previous release made them, unedited: as the new one makes them.
+    Migrations excepted: a database may have applied them."""
+    before = subprocess.run(
+        ["git", "show", "HEAD:.copier-answers.yml"], capture_output=True, text=True, check=False
+    )
+    if before.returncode != 0:
+        return
+    old_answers = yaml.safe_load(before.stdout)
+    answers = yaml.safe_load((root / ".copier-answers.yml").read_text())
+    if old_answers == answers:
+        return  # the same release and answers: nothing can differ
+    followed = []
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            old = render(
+                old_answers["_src_path"], old_answers, old_answers.get("_commit"), Path(work, "old")
+            )
+            new = render(str(TEMPLATE), answers, "HEAD", Path(work, "new"))
+        except Exception as error:  # noqa: BLE001
+            # Whatever keeps the previous release from being rendered (gone, unreachable), the
+            # update itself is done.
+            print(
+                f"The team's files stay as they are (no render of the previous release: {error})."
+            )
+            return
+        for path in sorted(new.rglob("*")):
+            name = path.relative_to(new).as_posix()
+            if not path.is_file() or not team_owned(name) or "/migrations/versions/" in name:
+                continue
+            made = (old / name).read_bytes() if (old / name).is_file() else None
+            committed = subprocess.run(
+                ["git", "show", f"HEAD:{name}"], capture_output=True, check=False
+            )
+            unedited = made is not None and committed.returncode == 0 and committed.stdout == made
+            if unedited and (root / name).read_bytes() != path.read_bytes():
+                (root / name).write_bytes(path.read_bytes())
+                followed.append(name)
+    if followed:
+        print(
+            f"Unedited since the last release, now as the new one makes them: {', '.join(followed)}."
+        )
+
+
 def main() -> int:
     root = Path.cwd()
+    restore_migrations()
+    follow_the_template(root)
     conflicted = conflicts(root)
     refresh_lock(shutil.which("uv"), conflicted)
     refresh_requirements(shutil.which("uv"), root, conflicted)

@@ -46,3 +46,9 @@ def query(url: str, sql: str) -> list[tuple]:
     """The rows of one query on the database at `url`."""
     with psycopg.connect(url, connect_timeout=5) as connection:
         return connection.execute(sql).fetchall()
+
+
+def execute(url: str, sql: str) -> None:
+    """One statement on the database at `url`, committed."""
+    with psycopg.connect(url, connect_timeout=5) as connection:
+        connection.execute(sql)

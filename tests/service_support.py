@@ -40,7 +40,7 @@ def renders_on_first_use(
 def start(project: Path, tmp_path: Path, *args: str, **env: str) -> Service:
     """./entrypoint.sh ARGS with the render's venv first on PATH; stdout and stderr apart."""
     port = free_port()
-    env.setdefault("METRICS_PORT", str(free_port()))  # not the default: tests run at once
+    env.setdefault("METRICS_PORT", str(free_port(port)))  # not the default: tests run at once
     full_env = project_env(project, PORT=str(port), **env)
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr, (tmp_path / "stdout.log").open("w") as stdout:

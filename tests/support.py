@@ -95,10 +95,15 @@ def sync(project: Path) -> None:
     run([uv(), "sync", "--locked", "--quiet"], project)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(*taken: int) -> int:
+    """A port nothing listens on now, and none of `taken` (the kernel may hand out a port it
+    just gave, once its socket is closed)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def http_get(url: str, timeout: float = 5, headers: dict | None = None) -> tuple[int, bytes]:
@@ -168,7 +173,7 @@ def start_service(project: Path, log: Path, **env: str) -> Service:
     port = int(env.pop("PORT", 0)) or free_port()
     # The master's /metrics on a free port too: services of tests running at once must not
     # meet on the default one.
-    env.setdefault("METRICS_PORT", str(free_port()))
+    env.setdefault("METRICS_PORT", str(free_port(port)))
     full_env = project_env(project, PORT=str(port), **env)
     handle = log.open("w")
     process = subprocess.Popen(

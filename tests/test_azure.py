@@ -159,8 +159,8 @@ def test_no_azure_renders_no_azure_files(copie_session):
     project = render(copie_session)
     assert not (project / "azure.yaml").exists() and not (project / "infra").exists()
     assert not (project / "requirements.txt").exists()
-    readme = (project / "README.md").read_text()
-    assert "-d azure=" in readme, "the README points to the azure question"
+    guide = (project / "docs" / "deploy.md").read_text()
+    assert "-d azure=" in guide, "the deploy guide points to the azure question"
 
 
 # ---------------------------------------------------------------- agreement with the image
@@ -188,7 +188,7 @@ def test_azure_files_agree_with_the_image(project, tmp_path):
         names = set(app_settings(resource(parsed, "app")))
     # Every variable given to the service is one it reads (the platform's own aside).
     platform = {name for name in names if name.startswith(("WEBSITES_", "SCM_"))}
-    read = (next((project / "src").iterdir()) / "settings.py").read_text()
+    read = (next((project / "src").iterdir()) / "core" / "settings.py").read_text()
     read += (project / "entrypoint.sh").read_text()
     for name in names - platform:
         assert f'"{name}"' in read or f"${{{name}" in read, f"{name} is read by nothing"
@@ -306,7 +306,7 @@ def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
     assert body(requirements) == body(export(project))
     assert "\n.\n" in requirements, "the project itself is installed (src layout)"
     assert "--hash" not in requirements and "-e " not in requirements
-    test = project / "tests" / "test_requirements.py"
+    test = project / "tests" / "core" / "test_requirements.py"
     pytest_args = [str(TOOLS / "python"), "-m", "pytest", "-p", "no:cacheprovider"]
     pytest_args += ["--noconftest", str(test)]  # the test alone: no app to import
     run(pytest_args, project)
@@ -338,7 +338,7 @@ def test_requirements_txt_is_the_lock_and_drift_fails_the_test_and_ci(
 def test_only_the_code_deployment_has_requirements_txt(project):
     code = answers_of(project)["azure"] == "app-service-code"
     assert (project / "requirements.txt").exists() == code
-    assert (project / "tests" / "test_requirements.py").exists() == code
+    assert (project / "tests" / "core" / "test_requirements.py").exists() == code
     assert ".azure/" in (project / ".gitignore").read_text().splitlines()
 
 

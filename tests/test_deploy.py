@@ -175,12 +175,10 @@ def test_the_validators_reject_broken_files(copie_session, actionlint, tmp_path)
         validate_manifests([deployment], broken)
 
 
-def test_readme_walks_from_compose_to_kubernetes_to_azure(project):
-    """The Deploy section: one step per chosen file, in the order a service grows."""
+def test_the_deploy_guide_walks_from_compose_to_kubernetes_to_azure(project):
+    """docs/deploy.md: one step per chosen file, in the order a service grows."""
     answers = answers_of(project)
-    readme = (project / "README.md").read_text()
-    deploy = readme[readme.index("\n## Deploy\n") :]
-    deploy = deploy[: deploy.find("\n## ", 1)]
+    deploy = (project / "docs" / "deploy.md").read_text()
     steps = [
         ("compose", "docker compose up --build"),
         ("github_actions", "git tag v0.1.0 && git push origin v0.1.0"),
@@ -191,7 +189,7 @@ def test_readme_walks_from_compose_to_kubernetes_to_azure(project):
         assert (command in deploy) == answers[question], command
         if answers[question]:
             positions.append(deploy.index(command))
-    positions.append(deploy.index("### Azure"))
+    positions.append(deploy.index("\n## Azure\n"))
     assert positions == sorted(positions)
 
 
@@ -223,9 +221,9 @@ def read_image(project: Path, tmp_path: Path) -> Image:
     (port,) = map(int, re.findall(r"^EXPOSE (\d+)$", runtime, re.MULTILINE))
     assert re.search(rf"\bPORT={port}\b", runtime), "EXPOSE and the default PORT differ"
     package = next((project / "src").iterdir())
-    healthcheck = (package / "healthcheck.py").read_text()
-    settings = (package / "settings.py").read_text()
-    app = (package / "app.py").read_text()
+    healthcheck = (package / "core" / "healthcheck.py").read_text()
+    settings = (package / "core" / "settings.py").read_text()
+    app = (package / "core" / "app.py").read_text()
     graceful = re.search(r'"GUNICORN_GRACEFUL_TIMEOUT", (\d+)', settings).group(1)
     # The migration command: what the entrypoint runs with RUN_MIGRATIONS=1 and not with 0.
     calls = {value: entrypoint_calls(project, tmp_path, value) for value in ("0", "1")}
@@ -239,7 +237,7 @@ def read_image(project: Path, tmp_path: Path) -> Image:
         metrics_port=int(re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]),
         healthcheck=dockerfile_healthcheck(project),
         liveness_path=re.search(r'url = f"http://127\.0\.0\.1:\{port\}(/\w+)"', healthcheck)[1],
-        routes=set(re.findall(r'\.(?:get|route|api_route)\("(/\w+)"', app)),
+        routes=set(re.findall(r'\.(?:add_api_route|add_url_rule)\("(/\w+)"', app)),
         graceful_timeout=int(graceful),
         migration_command=migration,
         migrates_when={value: migration in commands for value, commands in calls.items()},

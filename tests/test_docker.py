@@ -261,7 +261,7 @@ def test_the_image_holds_the_runtime_and_nothing_else_of_the_build_context(image
 
     # Nothing else of the build context: the search sees the application's own files, so it
     # would see the decoys planted beside them.
-    app = f"/site-packages/{image.package}/app.py"
+    app = f"/site-packages/{image.package}/core/app.py"
     assert [path for path in files.paths if path.endswith(app)]
     assert files.paths_holding[SECRET.encode()] == []
     assert not [path for path in files.paths if SECRET in path]
@@ -290,8 +290,8 @@ def test_a_change_of_code_alone_reuses_the_dependency_layer(images):
     marker = uuid.uuid4().hex
 
     def change_code(project: Path, package: str) -> None:
-        app = project / "src" / package / "app.py"
-        app.write_text(f'{app.read_text()}\nBUILD_MARKER = "{marker}"\n')
+        routes = project / "src" / package / "routes.py"
+        routes.write_text(f'{routes.read_text()}\nBUILD_MARKER = "{marker}"\n')
 
     image = images.variant(DEFAULTS, "code-change", change_code)
 
@@ -310,15 +310,17 @@ def test_a_change_of_code_alone_reuses_the_dependency_layer(images):
     assert not [line for lines in steps.values() for line in lines if "Download" in line]
     shown = docker(
         "run", "--rm", "--network", "host", "--entrypoint", "python", image.tag,
-        "-c", f"from {image.package}.app import BUILD_MARKER; print(BUILD_MARKER)",
+        "-c", f"from {image.package}.routes import BUILD_MARKER; print(BUILD_MARKER)",
     )  # fmt: skip
     assert shown.stdout.strip() == marker
 
 
 def test_an_app_that_cannot_import_fails_the_build(images):
     project = images.copy_of(FLASK, "import-error")
-    app = next((project / "src").glob("*/app.py"))
-    app.write_text(f"{app.read_text()}\nimport a_module_that_is_not_installed  # noqa: E402\n")
+    routes = next((project / "src").glob("*/routes.py"))
+    routes.write_text(
+        f"{routes.read_text()}\nimport a_module_that_is_not_installed  # noqa: E402\n"
+    )
 
     result = build(project, f"{PREFIX}-import-error")
 

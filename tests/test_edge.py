@@ -40,7 +40,7 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 
 # A test-only module beside the app: a route that fails, to see how a 500 is answered.
 FAILING_APP = """
-from my_service.app import app
+from my_service.core.app import app
 
 if hasattr(app, "add_api_route"):
 

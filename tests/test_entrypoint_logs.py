@@ -72,6 +72,6 @@ def test_text_lines_otherwise(project, tmp_path):
 
 
 def test_the_fields_are_those_of_the_json_formatter(project):
-    logs = (project / "src" / "my_service" / "logs.py").read_text()
+    logs = (project / "src" / "my_service" / "core" / "logs.py").read_text()
     formatter = logs.split("class JsonFormatter", 1)[1].split("\n\n\n", 1)[0]
     assert re.findall(r'^\s+"(\w+)": ', formatter, re.MULTILINE) == JSON_FIELDS

@@ -47,7 +47,7 @@ SLOW_APP = {
     "fastapi": """
 import asyncio
 
-from my_service.app import app
+from my_service.core.app import app
 
 
 @app.get("/slow")
@@ -60,7 +60,7 @@ import time
 
 from flask import request
 
-from my_service.app import app
+from my_service.core.app import app
 
 
 @app.get("/slow")

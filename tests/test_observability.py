@@ -57,7 +57,7 @@ TEST_APP = {
 import asyncio
 import logging
 
-from my_service.app import app
+from my_service.core.app import app
 
 
 @app.get("/slow")
@@ -82,7 +82,7 @@ import time
 
 from flask import request
 
-from my_service.app import app
+from my_service.core.app import app
 
 
 @app.get("/slow")

@@ -62,6 +62,7 @@ ANSWERS: dict[str, list] = {
     "framework": ["flask"],
     "migrations": [True],
     "database": ["sqlite"],
+    "example": [False],
     "system_packages": [
         Refused("libpq5;curl", "bad name: 'libpq5;curl'"),
         "libxml2",

@@ -48,6 +48,7 @@ BAD_ANSWERS = [
     ("github_actions", "sometimes", "true or false, not 'sometimes'"),
     ("compose", "nope", "true or false, not 'nope'"),
     ("opentelemetry", "perhaps", "true or false, not 'perhaps'"),
+    ("example", "sure", "true or false, not 'sure'"),
     ("kubernetes", "maybe", "true or false, not 'maybe'"),
     ("azure", "aws", "'aws' is not in ['none', 'app-service-container', 'app-service-code', 'c"),
     ("azure", "container-apps", "needs database=postgresql"),

@@ -35,9 +35,10 @@ MATRIX = {
         "description": 'Says "hi" to the team\'s <apps> & """more"""',
         "opentelemetry": True,
     },
-    "flask-postgresql-py3.12-bsd-workers4": {
+    "flask-postgresql-py3.12-bsd-workers4-noexample": {
         "framework": "flask",
         "database": "postgresql",
+        "example": False,
         "license": "BSD-3-Clause",
         "workers": "4",
         "compose": False,
@@ -79,7 +80,14 @@ def test_every_choice_is_rendered_by_the_matrix():
     for question in ("framework", "database", "python_version", "license", "azure"):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == set(choice_values(question)), question
-    for question in ("migrations", "github_actions", "compose", "kubernetes", "opentelemetry"):
+    for question in (
+        "migrations",
+        "example",
+        "github_actions",
+        "compose",
+        "kubernetes",
+        "opentelemetry",
+    ):
         rendered = {case.get(question, QUESTIONS[question]["default"]) for case in MATRIX.values()}
         assert rendered == {True, False}, question
 
@@ -127,6 +135,7 @@ def test_pyproject_and_lockfile(project):
     for question in QUESTIONS:
         asked = {
             "database": "migrations: true" in answers,
+            "example": "migrations: true" in answers,
             "kubernetes": not sqlite,  # not asked with SQLite migrations
             "azure": not sqlite,
         }.get(question, True)
@@ -147,7 +156,7 @@ def test_description_and_python_version_land_as_answered(project):
     readme = (project / "README.md").read_text()
     assert f"\n\n{answers['description']}\n\n" in readme
     if answers["framework"] == "fastapi":
-        app = ast.parse((package / "app.py").read_text())
+        app = ast.parse((package / "core" / "app.py").read_text())
         keywords = {
             keyword.arg: ast.literal_eval(keyword.value)
             for node in ast.walk(app)
@@ -163,8 +172,8 @@ def test_conditional_files(project):
     answers = (project / ".copier-answers.yml").read_text()
     has_migrations = "migrations: true" in answers
     package = next((project / "src").iterdir())
-    assert (package / "migrate.py").exists() == has_migrations
-    assert (package / "revision.py").exists() == has_migrations
+    assert (package / "core" / "migrate.py").exists() == has_migrations
+    assert (package / "core" / "revision.py").exists() == has_migrations
     assert (package / "migrations" / "versions").is_dir() == has_migrations
     assert (project / "alembic.ini").exists() == has_migrations
     for question, path in [
@@ -191,7 +200,7 @@ def test_workflows_pass_zizmor_the_schemas_and_actionlint(project, actionlint):
 
 
 def test_metrics_port_defaults_apart_from_the_port(project):
-    settings = next((project / "src").iterdir()).joinpath("settings.py").read_text()
+    settings = next((project / "src").iterdir()).joinpath("core", "settings.py").read_text()
     port = re.search(r"^DEFAULT_PORT = (\d+)$", settings, re.MULTILINE)[1]
     metrics_port = re.search(r"^DEFAULT_METRICS_PORT = (\d+)$", settings, re.MULTILINE)[1]
     assert port != metrics_port and 1 <= int(metrics_port) <= 65535
@@ -202,7 +211,7 @@ def test_no_opentelemetry_sdk_unless_asked(project):
     answers = (project / ".copier-answers.yml").read_text()
     tracing = "opentelemetry: true" in answers
     package = next((project / "src").iterdir())
-    assert (package / "tracing.py").exists() == tracing
+    assert (package / "core" / "tracing.py").exists() == tracing
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     asked = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("opentelemetry")]
     assert bool(asked) == tracing, asked
@@ -211,10 +220,40 @@ def test_no_opentelemetry_sdk_unless_asked(project):
     assert ("opentelemetry" in sources) == tracing
 
 
-def test_readme_marks_what_its_commands_need(project):
-    """Each README command that needs GitHub, Docker, a cluster or Azure is marked as such:
-    skip_reason fails on one that is not (the README test skips by the marks)."""
+def test_readme_and_docs_mark_what_their_commands_need(project):
+    """Each command of the README and docs/ that needs GitHub, Docker, a cluster or Azure is
+    marked as such: skip_reason fails on one that is not (the README test skips by the marks)."""
     marked = 0
-    for block in sh_blocks((project / "README.md").read_text()):
-        marked += sum(skip_reason(block, command) is not None for command in block)
+    for guide in [project / "README.md", *(project / "docs").glob("*.md")]:
+        for block in sh_blocks(guide.read_text()):
+            marked += sum(skip_reason(block, command) is not None for command in block)
     assert marked >= 4, "the Docker, compose and release commands are marked"
+
+
+def test_without_the_example_nothing_of_it_is_rendered(project):
+    """example=false (or no database): no notes table, route, migration, test or text."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    example = answers["migrations"] and answers.get("example", True)
+    traces = [
+        str(path.relative_to(project))
+        for path in project.rglob("*")
+        if path.is_file()
+        and ".venv" not in path.parts
+        and path.name != "uv.lock"
+        and re.search(r"\bnotes?\b|\bNote\b", path.read_text(errors="replace"))
+    ]
+    if example:
+        assert traces, "the example left no trace at all"
+    else:
+        assert traces == [], traces
+
+
+def test_the_teams_own_python_files_are_small(project):
+    """Routes and tables, the files a team edits, stay short enough to read at once."""
+    package = next((project / "src").iterdir())
+    lines = sum(
+        len((package / name).read_text().splitlines())
+        for name in ("routes.py", "models.py")
+        if (package / name).exists()
+    )
+    assert lines < 150, lines

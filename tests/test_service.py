@@ -13,6 +13,8 @@ from support import http_get, render, run, run_healthcheck, running, sync, uv
 CASES = {
     "fastapi-sqlite-defaults": {},
     "flask-sqlite": {"framework": "flask", "python_version": "3.11"},
+    "fastapi-sqlite-noexample": {"example": False},
+    "flask-sqlite-noexample": {"framework": "flask", "example": False},
     "flask-nomigrations-workers2": {"framework": "flask", "migrations": False, "workers": "2"},
     "fastapi-nomigrations-py3.13": {"migrations": False, "python_version": "3.13"},
 }

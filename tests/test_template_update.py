@@ -14,12 +14,14 @@ import pytest
 import yaml
 from test_update import (
     GIT_IDENTITY,
+    NEXT_RELEASE,
     OLDER_LINES,
     commit_release,
     copy_working_tree,
     git,
     make_project,
     previous_release,
+    release_the_working_tree,
     replace_line,
 )
 
@@ -65,9 +67,8 @@ def test_update_from_the_previous_release_then_nothing_when_current(tmp_path):
     commit, version = previous_release(repo)
     git("checkout", "-q", "-B", "releases", commit, cwd=repo)
     git("tag", "-f", version, cwd=repo)
-    copy_working_tree(repo)
-    newest = f"{version}.post999"
-    commit_release(repo, newest)
+    newest = NEXT_RELEASE
+    release_the_working_tree(repo)
     project = make_project(repo, version, tmp_path / "service")
     body = tmp_path / "body.md"
 

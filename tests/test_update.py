@@ -37,7 +37,7 @@ team_channel:
   default: ""
   validator: "{% if team_channel and not (team_channel | regex_search('^#[a-z0-9-]+$')) %}team_channel must look like #team-name{% endif %}"
 """
-NEW_README_LINE = "{% if team_channel %}\nAsk in {{ team_channel }}.\n\n{% endif %}\n"
+NEW_DOCS_LINE = "{% if team_channel %}\nAsk in {{ team_channel }}.\n\n{% endif %}\n"
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -71,6 +71,19 @@ def commit_release(repo: Path, version: str) -> None:
     git("tag", version, cwd=repo)
 
 
+# The working tree as the next release: newer than every `version` in copier.yml's
+# `_migrations`, so that an update to it runs what an update to the next release will.
+NEXT_RELEASE = "999.0.0"
+
+
+def release_the_working_tree(repo: Path, version: str = NEXT_RELEASE) -> None:
+    """Commit the working tree as a release on top of what `repo` has checked out, files that
+    it no longer has removed."""
+    git("rm", "-q", "-r", "--ignore-unmatch", ".", cwd=repo)
+    copy_working_tree(repo)
+    commit_release(repo, version)
+
+
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("template-versions")
@@ -83,9 +96,9 @@ def template_repo(tmp_path_factory) -> Path:
     commit_release(repo, "2.0.0")
     with (repo / "copier.yml").open("a") as copier_yml:
         copier_yml.write(NEW_QUESTION)
-    readme = repo / "template" / "README.md.jinja"
-    title, rest = readme.read_text().split("\n\n", 1)
-    readme.write_text(f"{title}\n\n{NEW_README_LINE}{rest}")
+    guide = repo / "template" / "docs" / "configuration.md.jinja"
+    title, rest = guide.read_text().split("\n\n", 1)
+    guide.write_text(f"{title}\n\n{NEW_DOCS_LINE}{rest}")
     commit_release(repo, "2.1.0")
     return repo
 
@@ -173,12 +186,12 @@ def test_update_without_user_edits_equals_a_fresh_render(template_repo, tmp_path
 @pytest.mark.slow
 def test_user_edits_in_files_the_template_did_not_change_survive(template_repo, tmp_path):
     project = make_project(template_repo, "1.0.0", tmp_path / "service", "migrations=false")
-    app = project / "src" / "my_service" / "app.py"
-    route = '\n\n@app.get("/hello")\nasync def hello() -> dict[str, str]:\n    return {"hello": "world"}\n'
+    app = project / "src" / "my_service" / "routes.py"
+    route = '\n\n@router.get("/hello")\nasync def hello() -> dict[str, str]:\n    return {"hello": "world"}\n'
     app.write_text(app.read_text() + route)
     user_test = project / "tests" / "test_hello.py"
     user_test.write_text(
-        "from fastapi.testclient import TestClient\n\nfrom my_service.app import app\n\n\n"
+        "from fastapi.testclient import TestClient\n\nfrom my_service.core.app import app\n\n\n"
         "def test_hello():\n"
         '    assert TestClient(app).get("/hello").json() == {"hello": "world"}\n'
     )
@@ -232,7 +245,7 @@ def test_new_question_keeps_the_output_unless_answered(template_repo, tmp_path):
     git("commit", "-q", "-am", "Update to 2.1.0", cwd=project)
 
     update(project, "2.1.0", "team_channel=#payments")
-    assert "Ask in #payments." in (project / "README.md").read_text()
+    assert "Ask in #payments." in (project / "docs" / "configuration.md").read_text()
     assert_project_works(project)
 
 
@@ -259,24 +272,31 @@ def test_changing_an_answer_turns_the_project_into_the_other_variant(
     assert dependency_after in pyproject.read_text()
     if dependency_before:
         assert dependency_before not in pyproject.read_text()
-        assert "fastapi" not in (project / "src" / "my_service" / "app.py").read_text()
+        assert "fastapi" not in (project / "src" / "my_service" / "core" / "app.py").read_text()
+        # The routes, unedited since the copy, follow the framework too.
+        assert "Blueprint" in (project / "src" / "my_service" / "routes.py").read_text()
     else:
-        assert (project / "src" / "my_service" / "migrate.py").is_file()
+        assert (project / "src" / "my_service" / "core" / "migrate.py").is_file()
     assert conflict_markers(project) == []
     assert_project_works(project)
 
 
-def previous_release(repo: Path) -> tuple[str, str]:
-    """The newest release commit in the history (subject "Release X.Y.Z"): (commit, version).
+def previous_release(repo: Path, before: str | None = None) -> tuple[str, str]:
+    """The newest release commit in the history (subject "Release X.Y.Z"), or the newest of a
+    version older than `before`: (commit, version).
 
     Tags may be absent in a fresh clone, so the commit is found by its subject.
     """
     for line in git("log", "--format=%H %s", cwd=repo).splitlines():
         commit, _, subject = line.partition(" ")
         match = RELEASE_SUBJECT.match(subject)
-        if match:
+        if match and (before is None or version_key(match.group(1)) < version_key(before)):
             return commit, match.group(1)
-    pytest.fail("no release commit (subject 'Release X.Y.Z') in this repository's history")
+    pytest.fail(f"no release commit (subject 'Release X.Y.Z') before {before} in the history")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 @pytest.mark.slow
@@ -286,13 +306,12 @@ def test_update_from_the_previous_release_to_the_working_tree(tmp_path):
     commit, version = previous_release(repo)
     git("checkout", "-q", "-B", "releases", commit, cwd=repo)
     git("tag", "-f", version, cwd=repo)
-    copy_working_tree(repo)
-    commit_release(repo, f"{version}.post999")
+    release_the_working_tree(repo)
 
     project = make_project(repo, version, tmp_path / "service")
-    result = update(project, f"{version}.post999")
+    result = update(project, NEXT_RELEASE)
     assert "No conflicts" in result.stdout, result.stdout + result.stderr
-    fresh = make_project(repo, f"{version}.post999", tmp_path / "fresh")
+    fresh = make_project(repo, NEXT_RELEASE, tmp_path / "fresh")
     assert_same_as_fresh_render(project, fresh)
     assert_project_works(project)
 

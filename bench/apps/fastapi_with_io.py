@@ -2,7 +2,7 @@
 
 import asyncio
 
-from my_service.app import app
+from my_service.core.app import app
 
 
 @app.get("/io")
