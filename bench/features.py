@@ -5,7 +5,9 @@
   limits and timeouts;
 - the same with METRICS_PORT=0, when the render has metrics;
 - a render with opentelemetry=true, when the template asks that question: tracing installed
-  but off (no exporter), and on at 100 % sampling, exporting over OTLP/HTTP to a local sink.
+  but off (no exporter), and on at 100 % sampling, exporting over OTLP/HTTP to a local sink;
+- FastAPI: gunicorn's own ASGI worker (`--worker-class asgi`), the other way to serve ASGI
+  that uses public APIs only (worker_probe.py asks both what they do at the edge).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Comparison(NamedTuple):
 
 
 EDGE = "with the edge (limits, timeouts)"
+WORKER = "uvicorn's worker with the edge"
+ASGI = "gunicorn's ASGI worker"
 METRICS = "with metrics (METRICS_PORT default)"
 ROWS = (
     Comparison("generated", EDGE, "no-edge", "plain worker class", target=(">=", 0.97)),
@@ -52,6 +56,8 @@ ROWS = (
         target=(">=", 0.95),
     ),
     Comparison("generated", METRICS, "no-metrics", "METRICS_PORT=0", metric="cpu_us_per_request"),
+    Comparison("generated", WORKER, "gunicorn-asgi", ASGI),
+    Comparison("generated", WORKER, "gunicorn-asgi", ASGI, metric="p99_ms"),
     Comparison("tracing-off", "tracing installed, no exporter", "generated", "without tracing"),
     Comparison("tracing-on", "tracing on, 100 % sampled, OTLP to a sink", "generated", "without"),
 )
@@ -78,6 +84,15 @@ def specs(
             GUNICORN_CMD_ARGS=f"--worker-class {PLAIN_WORKER[framework]}",
         ),
     }
+    if framework == "fastapi":
+        found["gunicorn-asgi"] = generated_spec(
+            framework,
+            render,
+            data,
+            migrate=False,
+            name="gunicorn-asgi",
+            GUNICORN_CMD_ARGS="--worker-class asgi",
+        )
     if knows(render, "METRICS_PORT"):
         found["no-metrics"] = generated_spec(
             framework, render, data, migrate=False, name="no-metrics", METRICS_PORT="0"

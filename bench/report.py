@@ -269,6 +269,27 @@ def rows(results: dict) -> list[Row]:
     return found
 
 
+def worker_table(results: dict) -> str:
+    """FastAPI's two worker classes at the edge (worker_probe.py), one column each."""
+    measured = results["frameworks"].get("fastapi", {}).get("workers")
+    if not measured:
+        return ""
+    names = {
+        "generated": "uvicorn's worker with the edge",
+        "gunicorn-asgi": "gunicorn's ASGI worker",
+    }
+    lines = [
+        "| FastAPI, at the edge | " + " | ".join(names[name] for name in measured) + " |",
+        "| --- |" + " --- |" * len(measured),
+    ]
+    first = next(iter(measured.values()))
+    for part, probes in first.items():
+        for probe in probes:
+            cells = [str(measured[name][part][probe]) for name in measured]
+            lines.append(f"| {part.replace('_', ' ')}: {probe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(table: list[Row]) -> str:
     header = [
         "Measure (medians)",
@@ -384,8 +405,9 @@ def write(results: dict, folder: Path) -> str:
         [
             describe(results),
             markdown_table(table),
+            *([worker] if (worker := worker_table(results)) else []),
             *(["Runs with errors: " + "; ".join(errors) + "."] if errors else []),
-            f"![Requests per second per configuration](bench/results/{CHART})",
+            f"![Requests per second per configuration](results/{CHART})",
         ]
     )
     (folder / "latest.md").write_text(markdown + "\n")

@@ -27,11 +27,12 @@ import features
 import load
 import projects
 import report
+import worker_probe
 from images import docker_env, measure_image
 from servers import Server, ServerSpec, free_port, time_to_first_200
 
 FRAMEWORKS = ("fastapi", "flask")
-SECTIONS = ("copier", "load", "features", "cold-start", "images")
+SECTIONS = ("copier", "load", "features", "workers", "cold-start", "images")
 ROUTES = ("/health", "/io")
 APPS = Path(__file__).resolve().with_name("apps")
 RESULTS = Path(__file__).resolve().with_name("results")
@@ -338,6 +339,9 @@ def run_framework(framework: str, args, workdir: Path, vcs_ref: str) -> dict:
             result["features"] = measure_load(
                 specs, 1, args, logs, routes=("/health",), rounds=3 * args.rounds
             )
+    if framework == "fastapi" and "workers" not in args.skip:
+        say(f"{framework}: the worker classes at the edge (limits, slow heads, reload and stop)")
+        result["workers"] = probe_workers(prepared["render"], work, logs)
     if "cold-start" not in args.skip:
         say(f"{framework}: cold starts, {COLD_START_WORKERS} workers each")
         result["cold_start"] = measure_cold_starts(prepared["cold"], args.rounds, logs)
@@ -356,6 +360,34 @@ def run_framework(framework: str, args, workdir: Path, vcs_ref: str) -> dict:
             tag = f"bench-{framework}:{os.getpid()}"
             result["image"] = measure_image(env, prepared["render"], work, tag)
     return result
+
+
+def probe_workers(render: Path, work: Path, logs: Path) -> dict:
+    """worker_probe against uvicorn's worker with the edge and gunicorn's ASGI worker, two
+    workers each (a reload replaces them)."""
+    data = work / "probe-data"
+    data.mkdir()
+    specs = {
+        "generated": generated_spec("fastapi", render, data, migrate=False),
+        "gunicorn-asgi": generated_spec(
+            "fastapi",
+            render,
+            data,
+            migrate=False,
+            name="gunicorn-asgi",
+            GUNICORN_CMD_ARGS="--worker-class asgi",
+        ),
+    }
+    found = {}
+    for name, spec in specs.items():
+        server = Server(spec, 2, logs / f"probe-{name}.log")
+        try:
+            server.wait_booted()
+            found[name] = worker_probe.probe(server)
+        finally:
+            server.stop()
+        say(f"  {name}: {found[name]}")
+    return found
 
 
 def measure_copier(workdir: Path, vcs_ref: str, rounds: int) -> dict:

@@ -24,7 +24,7 @@ def _pyenv_pythons() -> list[str]:
 
 
 def pytest_configure(config):
-    # The generated projects need CPython 3.11 to 3.13; where pyenv has them, uv finds them.
+    # The generated projects need CPython 3.11 to 3.15; where pyenv has them, uv finds them.
     extra = [path for path in _pyenv_pythons() if path not in os.environ["PATH"].split(os.pathsep)]
     if extra:
         os.environ["PATH"] = os.pathsep.join([*extra, os.environ["PATH"]])

@@ -41,17 +41,17 @@ from support import free_port, http_get, render
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-DEFAULTS = "fastapi-sqlite-py3.12"
+DEFAULTS = "fastapi-sqlite-py3.14"
 # Not in the python:X.Y-slim images (the images without system_packages show it).
 SYSTEM_PACKAGE = "libyaml-0-2"
 FLASK = "flask-sqlite-py3.11"
 IMAGES = {
     DEFAULTS: {},
     FLASK: {"framework": "flask", "python_version": "3.11"},
-    "flask-nomigrations-py3.13-packages": {
+    "flask-nomigrations-py3.15-packages": {
         "framework": "flask",
         "migrations": False,
-        "python_version": "3.13",
+        "python_version": "3.15",
         "system_packages": SYSTEM_PACKAGE,
         "build_packages": "build-essential, libyaml-dev",
     },

@@ -38,7 +38,7 @@ BAD_ANSWERS = [
     ("port", "0", "a whole number from 1 to 65535"),
     ("port", "65536", "a whole number from 1 to 65535"),
     ("port", "http", "a whole number from 1 to 65535"),
-    ("python_version", "3.10", "'3.10' is not in ['3.11', '3.12', '3.13']"),
+    ("python_version", "3.10", "'3.10' is not in ['3.11', '3.12', '3.13', '3.14', '3.15']"),
     ("framework", "django", "'django' is not in ['fastapi', 'flask']"),
     ("database", "mysql", "'mysql' is not in ['sqlite', 'postgresql']"),
     ("license", "GPL", "'GPL' is not in ['MIT', 'Apache-2.0', 'BSD-3-Clause', 'Proprietary']"),

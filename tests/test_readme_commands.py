@@ -45,7 +45,7 @@ MARK = re.compile(r"#\s*(needs .*)$")
 FROM_THE_CHECKOUT = ("Benchmarks", "Develop the template")
 # Servers: started, asked for /health, stopped.
 SERVERS = ("uvicorn ", "flask --app", "./entrypoint.sh")
-PYTHONS = sorted(Path.home().glob(".pyenv/versions/3.1[1-3].*/bin/python3.1[1-3]"))
+PYTHONS = sorted(Path.home().glob(".pyenv/versions/3.1[1-5].*/bin/python3.1[1-5]"))
 CHECKOUT = "python-service-template"
 PROJECT = "my-service"
 
@@ -87,7 +87,7 @@ def skip_reason(block: Block, command: str) -> str | None:
 
 
 def only_uv_and_git(tmp_path: Path) -> dict[str, str]:
-    """PATH with uv, uvx, git, CPython 3.11 to 3.13 (from pyenv) and the system's base tools."""
+    """PATH with uv, uvx, git, CPython 3.11 to 3.15 (from pyenv) and the system's base tools."""
     tools = tmp_path / "tools"
     tools.mkdir()
     for name in ("uv", "uvx", "git"):

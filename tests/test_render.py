@@ -17,7 +17,7 @@ from support import QUESTIONS, ROOT, TOOLS, choice_values, render, run
 from workflow_support import check_workflows
 
 MATRIX = {
-    "fastapi-sqlite-py3.12-defaults": {},
+    "fastapi-sqlite-py3.14-defaults": {},
     # The port OpenTelemetry's Prometheus exporter uses, the metrics port's default.
     "flask-sqlite-py3.11-mit-port9464": {
         "framework": "flask",
@@ -37,6 +37,7 @@ MATRIX = {
     },
     "flask-postgresql-py3.12-bsd-workers4-noexample": {
         "framework": "flask",
+        "python_version": "3.12",
         "database": "postgresql",
         "example": False,
         "license": "BSD-3-Clause",
@@ -53,10 +54,10 @@ MATRIX = {
         "kubernetes": True,
         "azure": "app-service-container",
     },
-    "flask-nomigrations-py3.13-packages-workers256-opentelemetry": {
+    "flask-nomigrations-py3.15-packages-workers256-opentelemetry": {
         "framework": "flask",
         "migrations": False,
-        "python_version": "3.13",
+        "python_version": "3.15",
         "system_packages": "libxml2, libxslt1.1",
         "build_packages": "build-essential,libxml2-dev, libxslt1-dev",
         "workers": "256",

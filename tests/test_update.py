@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support import ROOT, TOOLS, run, sync, uv
 
@@ -156,6 +157,12 @@ def assert_same_as_fresh_render(project: Path, fresh: Path) -> None:
             assert without_commit(ours[name]) == without_commit(theirs[name])
         else:
             assert filecmp.cmp(ours[name], theirs[name], shallow=False), f"{name} differs"
+
+
+def answered(project: Path) -> list[str]:
+    """The project's answers, as -d arguments take them."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    return [f"{key}={value}" for key, value in answers.items() if not key.startswith("_")]
 
 
 def assert_project_works(project: Path) -> None:
@@ -311,7 +318,8 @@ def test_update_from_the_previous_release_to_the_working_tree(tmp_path):
     project = make_project(repo, version, tmp_path / "service")
     result = update(project, NEXT_RELEASE)
     assert "No conflicts" in result.stdout, result.stdout + result.stderr
-    fresh = make_project(repo, NEXT_RELEASE, tmp_path / "fresh")
+    # With the project's answers: a default that changed since (python_version) stays answered.
+    fresh = make_project(repo, NEXT_RELEASE, tmp_path / "fresh", *answered(project))
     assert_same_as_fresh_render(project, fresh)
     assert_project_works(project)
 

@@ -77,11 +77,10 @@ def _up_from(mount: Path, path: str) -> Iterator[Path]:
 def _ratio(text: str | None) -> float | None:
     """CPUs from "QUOTA PERIOD"; None for "max", a negative quota or anything unreadable."""
     try:
-        quota, period = (text or "").split()
-        cpus = int(quota) / int(period)
-    except (ValueError, ZeroDivisionError):
+        quota, period = (int(part) for part in (text or "").split())
+    except ValueError:
         return None
-    return cpus if cpus > 0 else None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _read(path: Path) -> str | None:
